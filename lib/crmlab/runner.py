@@ -1,0 +1,1155 @@
+"""Run a report notebook and publish its page.
+
+``crmlab run REPORT`` -> :func:`run_report`:
+
+1. parameters: the notebook's cell tagged ``parameters`` (the one papermill
+   injects after) gives names, types, defaults and help; ``-f`` YAML files
+   (in order) and then ``-p key=value`` override them. Unknown names and
+   values of the wrong type are refused before anything runs (exit 2).
+2. the lock: one run per report at a time (:mod:`crmlab.locks`); a second
+   run exits 5 at once, recorded in ``reports/<report>/events.jsonl``.
+3. the source is opened once to check the data contract: a broken contract
+   exits 2, no orders exits 3, before a run directory exists.
+4. execution: papermill runs in a child process in its own session, writing
+   ``notebook.ipynb`` into the run directory as cells complete. A time limit
+   or a SIGTERM/SIGINT to the runner stops the child and its kernel together.
+5. ``report.html`` is rendered with nbconvert (template ``crmlab``: no code,
+   no parameter cells, no stderr, the ``summary`` cells moved up under the
+   ``header`` cell, everything inline) -- for a failed run too, with a banner
+   naming the failing cell.
+6. ``run.json`` is written (first with status ``running``, at the end with
+   the outcome); on success ``latest.html`` is replaced atomically; the index
+   is rebuilt.
+
+Statuses and exit codes (``config.EXIT_*``): success 0, failed 1, bad_input
+2, no_data 3, timeout 4, skipped 5. A run stopped by a signal has status
+``interrupted`` and exit code 128 + the signal number (143 for SIGTERM, 130
+for SIGINT), as a shell reports a process killed by that signal.
+
+The child process (``python -m crmlab.runner --execute SPEC.json``) runs the
+notebook on a kernel of this same interpreter: the runner writes a
+``python3`` kernelspec pointing at ``sys.executable`` into a private
+``JUPYTER_PATH`` for the run, so the notebook cannot pick up another Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crmlab import config
+from crmlab.exceptions import CrmlabError, DataContractError, NoDataError, ParameterError, RunLocked
+
+log = logging.getLogger("crmlab.runner")
+
+STATUS_EXIT: dict[str, int] = {
+    "success": config.EXIT_OK,
+    "failed": config.EXIT_FAILED,
+    "bad_input": config.EXIT_BAD_INPUT,
+    "no_data": config.EXIT_NO_DATA,
+    "timeout": config.EXIT_TIMEOUT,
+    "skipped": config.EXIT_LOCKED,
+}
+EXIT_STATUS: dict[int, str] = {v: k for k, v in STATUS_EXIT.items()}
+# exception name reported by the kernel -> status of the run
+ENAME_STATUS: dict[str, str] = {
+    "NoDataError": "no_data",
+    "DataContractError": "bad_input",
+    "ParameterError": "bad_input",
+}
+# worst last: run-all's exit code is that of its worst run
+SEVERITY: tuple[str, ...] = ("success", "skipped", "no_data", "bad_input", "interrupted", "timeout",
+                             "failed")
+RUNNER_ONLY: tuple[str, ...] = ("run_dir",)
+TYPES: tuple[str, ...] = ("str", "int", "float", "bool", "list", "dict")
+TRUE_WORDS = {"true", "yes", "y", "on", "1"}
+FALSE_WORDS = {"false", "no", "n", "off", "0"}
+# cells never shown on a page; papermill marks its own error notes with the last tag
+HIDDEN_TAGS = {"parameters", "injected-parameters", "papermill-error-cell-tag", "remove-cell",
+               "remove_cell"}
+# output types that need JavaScript from a CDN: dropped so pages work offline
+SCRIPT_MIMETYPES = ("application/javascript", "application/vnd.jupyter.widget-view+json",
+                    "application/vnd.jupyter.widget-state+json", "text/vnd.mermaid")
+PACKAGES: tuple[str, ...] = ("pandas", "numpy", "pyarrow", "duckdb", "ibis-framework", "sqlglot",
+                             "pandera", "splink", "statsmodels", "scikit-learn", "scipy",
+                             "matplotlib", "seaborn", "faker", "papermill", "nbconvert", "nbclient",
+                             "ipykernel")
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+EVENTS_FILE = "events.jsonl"
+KILL_GRACE_S = 3.0
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run.
+
+    ``run_dir`` is None when nothing ran (refused parameters or source,
+    skipped). ``error`` is ``{"cell", "execution_count", "ename", "evalue"}``
+    for a failed notebook (``cell``: 1-based position in the report's
+    notebook), else None. ``message`` says what happened in one line.
+    """
+
+    report: str
+    run_id: str | None
+    run_dir: Path | None
+    status: str
+    exit_code: int
+    error: dict | None = None
+    message: str = ""
+    duration_s: float = 0.0
+    params: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+def _skip_slow_imports() -> None:
+    """Keep ``rfc3987_syntax`` from loading: jsonschema (under nbformat)
+    imports it, when installed, only for the IRI format checks that no
+    notebook schema uses, and it builds a parser at import (over a second of
+    CPU in every process that reads a notebook)."""
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# -- parameters -------------------------------------------------------------
+
+def notebook_path(report: str) -> Path:
+    """The notebook of a report (``config.notebooks_dir() / REPORTS[report]``)."""
+    if report not in config.REPORTS:
+        raise ParameterError(f"unknown report {report!r}; reports: {', '.join(config.REPORTS)}")
+    return config.notebooks_dir() / config.REPORTS[report]
+
+
+def _type_name(inferred: str | None, default) -> str:
+    text = (inferred or "None").replace(" ", "")
+    m = re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", text)
+    if m:
+        text = m.group(1)
+    text = re.sub(r"\|None$|^None\|", "", text)
+    base = re.match(r"(?:typing\.)?([A-Za-z_]+)", text)
+    name = base.group(1).lower() if base else "none"
+    if name in TYPES:
+        return name
+    if name == "none":
+        inferred_type = type(default).__name__
+        return inferred_type if inferred_type in TYPES else "any"
+    return "any"
+
+
+def parse_parameters_cell(source: str) -> dict[str, dict]:
+    """The parameters declared in a ``parameters`` cell's source.
+
+    Reads ``name: type = literal  # help`` (and untyped ``name = literal``)
+    statements with :mod:`ast`; the help is the comment on the statement's
+    last line. (papermill's own inspector skips any line with a second
+    ``=``, such as ``mapping: str = ""  # empty = none``.)
+
+    Returns
+    -------
+    dict
+        ``name -> {"type", "default", "help"}`` in cell order.
+
+    Examples
+    --------
+    >>> parse_parameters_cell('n: int = 3  # how many; 0 = all')
+    {'n': {'type': 'int', 'default': 3, 'help': 'how many; 0 = all'}}
+    """
+    import io
+    import tokenize
+
+    comments: dict[int, str] = {}
+    with contextlib.suppress(tokenize.TokenError, IndentationError):
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ParameterError(f"the parameters cell is not valid Python (line {exc.lineno})") from None
+    out: dict[str, dict] = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, annotation, value = node.target.id, ast.unparse(node.annotation), node.value
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
+              and isinstance(node.targets[0], ast.Name)):
+            name, annotation, value = node.targets[0].id, None, node.value
+        else:
+            continue
+        try:
+            default = ast.literal_eval(value)
+        except ValueError:
+            default = ast.unparse(value)
+        out[name] = {"type": _type_name(annotation, default), "default": default,
+                     "help": comments.get(node.end_lineno, "")}
+    return out
+
+
+def known_parameters(report: str) -> dict[str, dict]:
+    """The parameters a report's notebook declares in its cell tagged
+    ``parameters`` (the cell papermill injects after).
+
+    Returns
+    -------
+    dict
+        ``name -> {"type": "str"|"int"|"float"|"bool"|"list"|"dict"|"any",
+        "default": <value>, "help": <the line's comment>}``, in notebook order.
+
+    Examples
+    --------
+    >>> known_parameters("segmentation")["as_of"]          # doctest: +SKIP
+    {'type': 'str', 'default': '', 'help': 'snapshot date (YYYY-MM-DD); empty = the latest order date'}
+    """
+    _skip_slow_imports()
+    import nbformat
+
+    path = notebook_path(report)
+    if not path.exists():
+        raise ParameterError(f"the notebook of report {report} is missing: {path}")
+    nb = nbformat.read(str(path), as_version=4)
+    cell = next((c for c in nb.cells if c.cell_type == "code"
+                 and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    return parse_parameters_cell(cell.source) if cell is not None else {}
+
+
+def describe_parameters(known: Mapping[str, dict]) -> str:
+    """The known parameters, one per line: ``name: type = default  # help``."""
+    lines = []
+    for name, info in known.items():
+        help_ = f"  # {info['help']}" if info.get("help") else ""
+        lines.append(f"  {name}: {info['type']} = {info['default']!r}{help_}")
+    return "\n".join(lines)
+
+
+def coerce(name: str, value, type_name: str):
+    """A parameter value converted to its declared type, or ValueError.
+
+    Text (from ``-p key=value``) is parsed: ``int``/``float`` as numbers,
+    ``bool`` from true/false/yes/no/on/off/1/0, ``list``/``dict`` as YAML.
+    Typed values (from YAML files or Python callers) are checked.
+
+    Examples
+    --------
+    >>> coerce("n", "12", "int"), coerce("flag", "true", "bool"), coerce("xs", "[a, b]", "list")
+    (12, True, ['a', 'b'])
+    """
+    import yaml
+
+    def bad(expected: str):
+        return ValueError(f"parameter {name} expects {expected}, got {value!r}")
+
+    if value is None:
+        return None
+    if type_name == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("str")
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise bad("bool (true/false)")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise bad("int")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value.strip())
+        raise bad("int")
+    if type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return float(value.strip())
+        raise bad("float")
+    if type_name in ("list", "dict"):
+        kind = list if type_name == "list" else dict
+        parsed = value
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise bad(f"{type_name} (YAML, e.g. {'[a, b]' if kind is list else '{a: 1}'})") from None
+        if isinstance(parsed, tuple):
+            parsed = list(parsed)
+        if isinstance(parsed, kind):
+            return parsed
+        raise bad(f"{type_name} (YAML, e.g. {'[a, b]' if kind is list else '{a: 1}'})")
+    # untyped: text is read as YAML (numbers become numbers)
+    if isinstance(value, str):
+        with contextlib.suppress(yaml.YAMLError):
+            return yaml.safe_load(value) if value.strip() else value
+    return value
+
+
+def _param_file(report: str, ref) -> Path:
+    """A ``-f`` argument: a path, or a name under ``parameters/<report>/``."""
+    path = Path(ref)
+    if path.is_file():
+        return path.resolve()
+    for candidate in (config.parameters_dir() / report / str(ref),
+                      config.parameters_dir() / report / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ParameterError(f"parameter file not found: {ref}")
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}`` (text values)."""
+    out = {}
+    for item in items:
+        key, eq, value = str(item).partition("=")
+        if not eq or not key.strip():
+            raise ParameterError(f"-p expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _absolute_spec(value: str) -> str:
+    """Relative file paths made absolute (the kernel runs in notebooks/)."""
+    if not value or re.match(r"^[A-Za-z][\w+.-]*:", value):
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def resolve_parameters(report: str, *, param_files: Iterable = (), params: Mapping | None = None,
+                       source: str | None = None, mapping: str | None = None,
+                       audience: str | None = None) -> dict:
+    """The effective parameters of a run: defaults < ``-f`` files (in order)
+    < ``-p`` values < the ``--source/--mapping/--audience`` options.
+
+    Every problem is collected and raised at once, before anything runs.
+
+    Returns
+    -------
+    dict
+        ``name -> value`` for every parameter the notebook declares.
+
+    Raises
+    ------
+    ParameterError
+        Unknown names, values of the wrong type, ``run_dir`` set by hand; the
+        message lists the known parameters with their types.
+    """
+    import yaml
+
+    known = known_parameters(report)
+    values = {name: info["default"] for name, info in known.items()}
+    layers: list[tuple[str, Mapping]] = []
+    for ref in param_files or ():
+        path = _param_file(report, ref)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ParameterError(f"parameter file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ParameterError(f"parameter file {path} must hold a mapping of name: value")
+        layers.append((f"in {path.name}", data))
+    if params:
+        layers.append(("given with -p", params))
+    problems = []
+    for origin, layer in layers:
+        for name, raw in layer.items():
+            if name not in known:
+                problems.append(f"unknown parameter {name!r} ({origin})")
+            elif name in RUNNER_ONLY:
+                problems.append(f"parameter {name!r} is set by the runner ({origin})")
+            else:
+                try:
+                    values[name] = coerce(name, raw, known[name]["type"])
+                except ValueError as exc:
+                    problems.append(f"{exc} ({origin})")
+    for name, value in (("source", source), ("mapping", mapping), ("audience", audience)):
+        if value is not None and name in known:
+            values[name] = str(value)
+    if "audience" in values and values["audience"] not in ("stakeholder", "analyst"):
+        problems.append(f"audience must be stakeholder or analyst, not {values['audience']!r}")
+    if problems:
+        raise ParameterError("; ".join(problems) + f"\nKnown parameters of report {report}:\n"
+                             + describe_parameters(known))
+    for name in ("source", "mapping"):
+        if isinstance(values.get(name), str):
+            values[name] = _absolute_spec(values[name])
+    return values
+
+
+# -- the source check -------------------------------------------------------
+
+def _open_source(spec, mapping):
+    """``crmlab.sources.open_source`` (imported late; tests replace this)."""
+    from crmlab.sources import open_source
+
+    return open_source(spec, mapping or None)
+
+
+def _source_kind(spec: str) -> str:
+    spec = str(spec or config.DEFAULT_SOURCE)
+    if spec.startswith("synthetic:"):
+        return "synthetic"
+    if spec.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    if spec.endswith(".duckdb"):
+        return "duckdb"
+    return "files"
+
+
+def check_source(spec: str | None, mapping: str | None = None) -> dict:
+    """Open the source once and describe it for ``run.json``.
+
+    Returns
+    -------
+    dict
+        ``spec`` (password redacted), ``kind``, ``fingerprint``,
+        ``extracted_at``, ``encodings``, ``row_counts`` (``{table: rows}``),
+        ``quarantined`` (``{table: rows}``), ``checked``.
+
+    Raises
+    ------
+    DataContractError
+        The data breaks the contract (exit 2).
+    NoDataError
+        The source has no orders (exit 3).
+    """
+    from crmlab.privacy import redact_url
+    from crmlab.report import jsonable
+
+    spec = spec or config.DEFAULT_SOURCE
+    info = {"spec": redact_url(spec), "kind": _source_kind(spec), "checked": False}
+    try:
+        ds = _open_source(spec, mapping)
+    except ImportError as exc:
+        if "crmlab.sources" not in str(exc) and getattr(exc, "name", "") != "crmlab.sources":
+            raise
+        log.warning("crmlab.sources is not available: the source is not checked before the run")
+        return info
+    try:
+        counts = dict(getattr(ds, "row_counts", {}) or {})
+        info.update({
+            "kind": getattr(ds, "kind", None) or info["kind"],
+            "fingerprint": getattr(ds, "fingerprint", None),
+            "extracted_at": jsonable(getattr(ds, "extracted_at", None)),
+            "encodings": jsonable(getattr(ds, "encodings", {}) or {}),
+            "row_counts": {t: (c.get("rows") if isinstance(c, dict) else c) for t, c in counts.items()},
+            "quarantined": {t: c.get("quarantined", 0) for t, c in counts.items() if isinstance(c, dict)},
+            "checked": True,
+        })
+    finally:
+        closer = getattr(ds, "close", None)
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                closer()
+    usable = (info["row_counts"].get("orders") or 0) - (info["quarantined"].get("orders") or 0)
+    if usable <= 0:
+        raise NoDataError("table orders has no usable rows in this source")
+    return info
+
+
+# -- provenance -------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """``{"version", "git_sha", "dirty"}`` of the crmlab code that runs
+    (git facts only when the package is a git checkout)."""
+    import crmlab
+
+    out: dict = {"version": crmlab.__version__}
+    checkout = Path(crmlab.__file__).resolve().parents[2]
+    if (checkout / ".git").exists() and shutil.which("git"):
+        try:
+            sha = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
+                                 text=True, timeout=5)
+            if sha.returncode == 0:
+                out["git_sha"] = sha.stdout.strip()
+                dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain",
+                                        "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+                out["dirty"] = bool(dirty.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict:
+    """Versions of the libraries a run's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _log_event(report: str, reports_dir, event: dict) -> None:
+    """Append one line to ``reports/<report>/events.jsonl`` (runs that made
+    no run directory: refused, skipped)."""
+    path = config.reports_dir(reports_dir) / report / EVENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps({"time": _now(), **event}, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+# -- child process ----------------------------------------------------------
+
+def _kernel_home(tmp: Path) -> Path:
+    """A private JUPYTER_PATH whose ``python3`` kernel is this interpreter."""
+    spec_dir = tmp / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    from ipykernel.kernelspec import get_kernel_dict
+
+    kernel = get_kernel_dict()  # argv: [sys.executable, "-m", "ipykernel_launcher", ...]
+    kernel["display_name"] = "Python 3 (crmlab)"
+    (spec_dir / "kernel.json").write_text(json.dumps(kernel))
+    return tmp / "jupyter"
+
+
+def _kill_tree(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
+    """Stop the child, its kernel and anything they started: SIGTERM to the
+    whole tree (the kernel runs in a session of its own, so the process
+    group alone would miss it), SIGKILL to what is left after ``grace``."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+def _log_tail(path: Path, report: str, lines: int = 20) -> None:
+    """The end of the child's own log (papermill, kernel start-up) for a run
+    that did not succeed; on success it is noise and stays unread."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return
+    if text:
+        tail = "\n".join("    " + l for l in text.splitlines()[-lines:])
+        log.warning("%s: the notebook process said:\n%s", report, tail)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when the runner dies (prctl)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _child_main(spec_path: str) -> int:
+    """Execute one notebook with papermill (the runner's child process).
+
+    Writes ``{"status": "ok"|"error"|"crash", ...}`` to ``spec["result"]``.
+    On SIGTERM it stops its kernel first, so no kernel is left behind.
+    """
+    import psutil
+
+    spec = json.loads(Path(spec_path).read_text())
+    _die_with_parent()
+    if os.getppid() != spec.get("parent_pid", os.getppid()):
+        return 1  # the runner is already gone
+
+    def stop(signum, frame):
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    # the runner has checked the parameters; papermill's own inspector misreads
+    # comments that contain "=" and would only add noise
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    _skip_slow_imports()
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        pm.execute_notebook(spec["input"], spec["output"], parameters=spec["parameters"],
+                            kernel_name=spec["kernel_name"], cwd=spec["cwd"], progress_bar=False,
+                            log_output=False, request_save_on_cell_execute=True, start_timeout=120)
+        result = {"status": "ok"}
+    except PapermillExecutionError as exc:
+        result = {"status": "error", "cell_index": exc.cell_index, "execution_count": exc.exec_count,
+                  "ename": exc.ename, "evalue": exc.evalue}
+    except Exception as exc:  # the kernel died, the notebook is unreadable, ...
+        result = {"status": "crash", "ename": type(exc).__name__, "evalue": str(exc)[:2000]}
+    Path(spec["result"]).write_text(json.dumps(result))
+    return 0
+
+
+# -- rendering --------------------------------------------------------------
+
+def _failed_cell(nb) -> dict | None:
+    """The first cell with an error output: its 1-based position among the
+    report notebook's own cells (papermill's additions not counted), its
+    execution count and the error."""
+    position = 0
+    for cell in nb.cells:
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if tags & {"injected-parameters", "papermill-error-cell-tag"}:
+            continue
+        position += 1
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "error" and not (
+                    out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0")):
+                return {"cell": position, "execution_count": cell.get("execution_count"),
+                        "ename": out.get("ename"), "evalue": out.get("evalue")}
+    return None
+
+
+def prepare_notebook(nb, audience: str = "stakeholder"):
+    """The executed notebook made ready for its page (in place; returns it).
+
+    Drops papermill's error notes, the cells tagged ``remove-cell``, stderr
+    output (warnings) and script-only outputs. For stakeholders it also
+    drops the parameter cells, tracebacks, the values of cells' last lines
+    (``execute_result``: only what the notebook displays on purpose is
+    shown) and the cells above the first cell tagged ``header`` (the
+    notebook's title for analysts; the header carries the page's title).
+    Then the cells tagged ``summary`` move to just after the first cell
+    tagged ``header`` (or to the top when there is none).
+    """
+    hidden = HIDDEN_TAGS if audience == "stakeholder" else HIDDEN_TAGS - {"parameters",
+                                                                           "injected-parameters"}
+    kept = []
+    for cell in nb.cells:
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if tags & hidden:
+            continue
+        if cell.cell_type == "code":
+            outputs = []
+            for out in cell.get("outputs", []):
+                kind = out.get("output_type")
+                if kind == "stream" and out.get("name") == "stderr":
+                    continue
+                if kind in ("error", "execute_result") and audience == "stakeholder":
+                    continue  # tracebacks, and the value of a cell's last line (an accidental df.head())
+                if kind in ("display_data", "execute_result"):
+                    data = {k: v for k, v in out.get("data", {}).items() if k not in SCRIPT_MIMETYPES}
+                    if not data:
+                        continue
+                    out["data"] = data
+                outputs.append(out)
+            cell["outputs"] = outputs
+            if tags & {"remove-input", "hide-input"}:
+                cell.setdefault("metadata", {})["transient"] = {"remove_source": True}
+        kept.append(cell)
+    if audience == "stakeholder":
+        first = next((i for i, c in enumerate(kept) if "header" in c.get("metadata", {}).get("tags", [])), 0)
+        kept = kept[first:]  # the page starts with its header; the title cell above is for analysts
+    summary = [c for c in kept if "summary" in c.get("metadata", {}).get("tags", [])]
+    rest = [c for c in kept if "summary" not in c.get("metadata", {}).get("tags", [])]
+    at = next((i + 1 for i, c in enumerate(rest) if "header" in c.get("metadata", {}).get("tags", [])), 0)
+    nb.cells = rest[:at] + summary + rest[at:]
+    return nb
+
+
+BANNERS: dict[str, str] = {
+    "failed": "This run failed",
+    "bad_input": "This run stopped: the data or the parameters are not usable",
+    "no_data": "This run stopped: there is no data for it",
+    "timeout": "This run was stopped: it went past its time limit",
+    "interrupted": "This run was interrupted before it finished",
+}
+
+
+def banner_html(status: str, error: dict | None) -> str:
+    """The banner at the top of a page that did not succeed ('' on success)."""
+    from crmlab.privacy import escape
+
+    if status == "success":
+        return ""
+    head = BANNERS.get(status, f"This run ended with status {status}")
+    error = error or {}
+    if error.get("cell"):
+        head += f" at cell {error['cell']}"
+    message = ": ".join(str(x) for x in (error.get("ename"), error.get("evalue")) if x)
+    detail = f'<span class="crm-banner-detail">{escape(message)}</span>' if message else ""
+    return f"{escape(head)}.{detail}"
+
+
+def render_html(notebook, out_path, *, report: str, audience: str = "stakeholder",
+                status: str = "success", error: dict | None = None, index_href: str = "../../index.html",
+                run_id: str | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML page.
+
+    Parameters
+    ----------
+    notebook : path or nbformat.NotebookNode
+        The executed notebook (``None`` or unreadable: a page with the banner only).
+    out_path : path
+        Where ``report.html`` goes (written atomically).
+    status, error
+        The run's outcome, for the banner and the header's status pill.
+
+    Returns
+    -------
+    Path
+    """
+    _skip_slow_imports()
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from crmlab.privacy import escape
+    from crmlab.report import STATUS_MARKER, report_title
+
+    if notebook is None or isinstance(notebook, (str, os.PathLike)):
+        try:
+            nb = nbformat.read(str(notebook), as_version=4) if notebook else nbformat.v4.new_notebook()
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot read the executed notebook (%s); the page shows the banner only",
+                        type(exc).__name__)
+            nb = nbformat.v4.new_notebook()
+    else:
+        nb = notebook
+    prepare_notebook(nb, audience)
+    title = report_title(report)
+    if status != "success":
+        title += f" ({status.replace('_', ' ')})"
+    exporter = HTMLExporter(template_name="crmlab", extra_template_basedirs=[str(TEMPLATES_DIR)],
+                            exclude_input=audience == "stakeholder", exclude_input_prompt=True,
+                            exclude_output_prompt=True, exclude_anchor_links=True, embed_images=True)
+    resources = {"metadata": {"name": title},
+                 "crmlab": {"title": f"{title} · crmlab", "audience": audience, "status": status,
+                            "banner": banner_html(status, error), "index_href": index_href,
+                            "run_id": run_id or ""}}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    pill = f'<span class="crm-pill {escape(status)}">{escape(status.replace("_", " "))}</span>'
+    body = body.replace(STATUS_MARKER, pill)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def publish_latest(run_dir: Path) -> Path:
+    """Replace ``reports/<report>/latest.html`` with this run's page,
+    atomically (``latest.html.tmp`` then ``os.replace``)."""
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    page = page.replace('href="../../index.html"', 'href="../index.html"')
+    latest = run_dir.parent / "latest.html"
+    tmp = run_dir.parent / "latest.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, latest)
+    return latest
+
+
+# -- one run ----------------------------------------------------------------
+
+def _refused(report, reports_dir, status, message, trigger, start, params=None, log_it=True):
+    code = STATUS_EXIT[status]
+    if log_it:
+        with contextlib.suppress(OSError):
+            _log_event(report, reports_dir, {"status": status, "exit_code": code, "trigger": trigger,
+                                             "message": message.splitlines()[0]})
+    log.error("%s: %s", report, message)
+    return RunResult(report=report, run_id=None, run_dir=None, status=status, exit_code=code,
+                     message=message, duration_s=round(time.monotonic() - start, 3), params=params or {})
+
+
+def run_report(report: str, *, source: str | None = None, mapping: str | None = None,
+               param_files: Iterable = (), params: Mapping | None = None, reports_dir=None,
+               audience: str = "stakeholder", timeout: float | None = None, trigger: str = "cli",
+               publish: bool = True) -> RunResult:
+    """Run one report notebook and publish its page.
+
+    Parameters
+    ----------
+    report : str
+        A key of ``config.REPORTS``.
+    source, mapping : str, optional
+        Override the notebook's ``source`` / ``mapping`` parameters.
+    param_files : iterable of path or name
+        ``-f`` YAML files, applied in order (a bare name is looked up in
+        ``parameters/<report>/``).
+    params : mapping, optional
+        ``-p`` values (text is parsed to the declared type).
+    reports_dir : path, optional
+        The reports tree (default ``config.reports_dir()``).
+    audience : {"stakeholder", "analyst"}
+        Analyst pages keep code and unmasked tables and never replace
+        ``latest.html``.
+    timeout : float, optional
+        Seconds the notebook may run; then it is stopped (exit 4).
+    trigger : str
+        Who asked (``cli``, ``run-all``, ``schedule``), recorded in run.json.
+    publish : bool
+        Replace ``latest.html`` on success and rebuild the index.
+
+    Returns
+    -------
+    RunResult
+        Never raises for an outcome that has an exit code.
+
+    Examples
+    --------
+    >>> r = run_report("segmentation", source="synthetic:demo", params={"as_of": "2026-03-31"})  # doctest: +SKIP
+    >>> r.status, r.exit_code, r.run_dir.name                                                  # doctest: +SKIP
+    ('success', 0, '20261124T205300Z-3f2a')
+    """
+    start = time.monotonic()
+    rdir = config.reports_dir(reports_dir)
+    if report not in config.REPORTS:
+        return _refused(report, rdir, "bad_input",
+                        f"unknown report {report!r}; reports: {', '.join(config.REPORTS)}", trigger, start,
+                        log_it=False)
+    try:
+        values = resolve_parameters(report, param_files=param_files, params=params, source=source,
+                                    mapping=mapping, audience=audience)
+    except CrmlabError as exc:
+        return _refused(report, rdir, "bad_input", str(exc), trigger, start)
+    audience = values.get("audience", audience)
+
+    from crmlab.locks import report_lock
+    from crmlab.report import new_run_id
+
+    run_id = new_run_id()
+    try:
+        with report_lock(report, rdir, run_id=run_id) as lock:
+            try:
+                t0 = time.monotonic()
+                source_info = check_source(values.get("source"), values.get("mapping"))
+                source_info["check_s"] = round(time.monotonic() - t0, 3)
+            except DataContractError as exc:
+                return _refused(report, rdir, "bad_input", str(exc), trigger, start, values)
+            except NoDataError as exc:
+                return _refused(report, rdir, "no_data", str(exc), trigger, start, values)
+            return _execute(report, run_id, rdir, values, source_info, audience=audience,
+                            timeout=timeout, trigger=trigger, publish=publish, lock_fd=lock.fd, start=start)
+    except RunLocked as exc:
+        return _refused(report, rdir, "skipped", str(exc), trigger, start, values)
+
+
+def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, trigger, publish,
+             lock_fd, start) -> RunResult:
+    from crmlab.privacy import scrub_text
+    from crmlab.report import read_json, write_json
+
+    run_dir = rdir / report / run_id
+    (run_dir / "exports").mkdir(parents=True)
+    values = dict(values, run_dir=str(run_dir))
+    started_at = _now()
+    manifest = {
+        "report": report, "run_id": run_id, "status": "running", "exit_code": None, "trigger": trigger,
+        "audience": audience, "started_at": started_at, "finished_at": None, "duration_s": None,
+        "timings": {}, "params": values, "source": {k: v for k, v in source_info.items()
+                                                    if k not in ("row_counts", "quarantined")},
+        "row_counts": source_info.get("row_counts", {}), "quarantined": source_info.get("quarantined", {}),
+        "code_version": code_version(), "packages": package_versions(), "pid": os.getpid(),
+        "kpis": [], "error": None,
+    }
+    write_json(run_dir / "run.json", manifest)
+    log.info("%s: running %s (run %s)", report, config.REPORTS[report], run_id)
+
+    status, error, exit_code = "failed", None, config.EXIT_FAILED
+    t_exec = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="crmlab-run-") as tmp:
+        tmp = Path(tmp)
+        spec = {"input": str(notebook_path(report)), "output": str(run_dir / "notebook.ipynb"),
+                "parameters": values, "kernel_name": "python3", "cwd": str(config.notebooks_dir()),
+                "result": str(tmp / "result.json"), "parent_pid": os.getpid()}
+        (tmp / "spec.json").write_text(json.dumps(spec, default=str))
+        env = dict(os.environ, JUPYTER_PATH=str(_kernel_home(tmp)), CRMLAB_REPORTS_DIR=str(rdir),
+                   PYTHONUNBUFFERED="1")
+        child_log = open(tmp / "child.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "crmlab.runner", "--execute", str(tmp / "spec.json")],
+                                env=env, stdin=subprocess.DEVNULL, stdout=child_log, stderr=child_log,
+                                start_new_session=True, pass_fds=(lock_fd,))
+        child_log.close()
+        in_main = threading.current_thread() is threading.main_thread()
+        previous_handlers = {}
+        received: list[int] = []
+        child_state = None  # ok | error | crash | missing (no result written)
+
+        def on_signal(signum, frame):
+            if received:  # already stopping: a second signal must not break the clean-up
+                return
+            received.append(signum)
+            raise _Interrupted(signum)
+
+        if in_main:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous_handlers[sig] = signal.signal(sig, on_signal)
+        try:
+            try:
+                proc.wait(timeout=timeout)
+                result = read_json(tmp / "result.json", None)
+                child_state = result["status"] if result else "missing"
+                if result is None:
+                    error = {"ename": "ChildExited", "evalue": f"the notebook process ended with code "
+                                                              f"{proc.returncode} before it finished"}
+                elif result["status"] == "ok":
+                    status, exit_code = "success", config.EXIT_OK
+                else:
+                    error = {"ename": result.get("ename"), "evalue": result.get("evalue")}
+                    if result["status"] == "error":
+                        status = ENAME_STATUS.get(result.get("ename"), "failed")
+                        exit_code = STATUS_EXIT[status]
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc)
+                status, exit_code = "timeout", config.EXIT_TIMEOUT
+                error = {"ename": "RunTimeout", "evalue": f"stopped after the time limit of {timeout:g} s"}
+            except _Interrupted as exc:
+                _kill_tree(proc)
+                status, exit_code = "interrupted", 128 + exc.signum
+                error = {"ename": "Interrupted",
+                         "evalue": f"stopped by signal {signal.Signals(exc.signum).name}"}
+        except _Interrupted:  # arrived while a timed-out child was being stopped; handled below
+            _kill_tree(proc)
+        finally:
+            if proc.poll() is None:
+                _kill_tree(proc)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if child_state in ("missing", "crash"):
+                _log_tail(tmp / "child.log", report)  # the child's own words, when no cell error explains
+    execute_s = round(time.monotonic() - t_exec, 3)
+    if received and status != "interrupted":  # the signal came while the child was being stopped
+        status, exit_code = "interrupted", 128 + received[0]
+        error = {"ename": "Interrupted", "evalue": f"stopped by signal {signal.Signals(received[0]).name}"}
+    # the outcome is on record before the page is rendered
+    manifest.update({"status": status, "exit_code": exit_code, "error": error, "finished_at": _now(),
+                     "duration_s": round(time.monotonic() - start, 3)})
+    write_json(run_dir / "run.json", manifest)
+
+    nb_path = run_dir / "notebook.ipynb"
+    if status not in ("success", "timeout", "interrupted") and nb_path.exists():
+        _skip_slow_imports()
+        import nbformat
+
+        with contextlib.suppress(Exception):
+            found = _failed_cell(nbformat.read(str(nb_path), as_version=4))
+            if found:
+                error = {**(error or {}), **found}
+    if error and error.get("evalue"):
+        error["evalue"] = scrub_text(str(error["evalue"]))[:1000]
+    if not (run_dir / "metrics.json").exists():
+        write_json(run_dir / "metrics.json", {})
+
+    t_render = time.monotonic()
+    try:
+        render_html(nb_path if nb_path.exists() else None, run_dir / "report.html", report=report,
+                    audience=audience, status=status, error=error, run_id=run_id)
+    except Exception as exc:  # a page that cannot be rendered is a failed run
+        log.exception("%s: rendering report.html failed", report)
+        if status == "success":
+            status, exit_code = "failed", config.EXIT_FAILED
+            error = {"ename": "RenderError", "evalue": scrub_text(f"{type(exc).__name__}: {exc}")[:1000]}
+        with contextlib.suppress(Exception):
+            render_html(None, run_dir / "report.html", report=report, audience=audience, status=status,
+                        error=error, run_id=run_id)
+    render_s = round(time.monotonic() - t_render, 3)
+
+    manifest.update({
+        "status": status, "exit_code": exit_code, "finished_at": _now(),
+        "duration_s": round(time.monotonic() - start, 3),
+        "timings": {"source_check_s": source_info.get("check_s"), "execute_s": execute_s,
+                    "render_s": render_s},
+        "kpis": read_json(run_dir / "kpis.json", []) or [], "error": error,
+    })
+    manifest["source"].pop("check_s", None)
+    write_json(run_dir / "run.json", manifest)
+
+    if publish:
+        if status == "success" and audience == "stakeholder":
+            publish_latest(run_dir)
+        try:
+            from crmlab.index import build_index
+
+            build_index(rdir)
+        except Exception:
+            log.exception("rebuilding the index failed")
+    message = f"{report}: {status} in {manifest['duration_s']:.1f} s"
+    if error:
+        where = f" at cell {error['cell']}" if error.get("cell") else ""
+        message += f"{where} ({error.get('ename')}: {error.get('evalue')})"
+    (log.info if status == "success" else log.error)("%s", message)
+    return RunResult(report=report, run_id=run_id, run_dir=run_dir, status=status, exit_code=exit_code,
+                     error=error, message=message, duration_s=manifest["duration_s"], params=values)
+
+
+# -- every report -----------------------------------------------------------
+
+def exit_code_of(results: Iterable[RunResult]) -> int:
+    """The exit code of the worst run (:data:`SEVERITY`); 0 when all succeeded."""
+    results = list(results)
+    if not results:
+        return config.EXIT_OK
+    worst = max(results, key=lambda r: SEVERITY.index(r.status) if r.status in SEVERITY else len(SEVERITY))
+    return worst.exit_code
+
+
+def _cli_args(report, *, source, mapping, reports_dir, audience, timeout, trigger, param_files, params):
+    args = [sys.executable, "-m", "crmlab.cli", "run", report, "--trigger", trigger, "--audience", audience]
+    if source:
+        args += ["--source", str(source)]
+    if mapping:
+        args += ["--mapping", str(mapping)]
+    if reports_dir:
+        args += ["--reports-dir", str(reports_dir)]
+    if timeout:
+        args += ["--timeout", str(timeout)]
+    for f in param_files or ():
+        args += ["-f", str(f)]
+    for k, v in (params or {}).items():
+        args += ["-p", f"{k}={v}"]
+    return args
+
+
+def run_all(*, source: str | None = None, mapping: str | None = None, jobs: int = 1, reports_dir=None,
+            audience: str = "stakeholder", timeout: float | None = None, trigger: str = "run-all",
+            reports: Iterable[str] | None = None, param_files: Iterable = (), params: Mapping | None = None,
+            stream=None) -> list[RunResult]:
+    """Run every report (or ``reports``), up to ``jobs`` at a time.
+
+    Each report runs as its own ``crmlab run`` process, so runs share no
+    state and each takes its own lock. One progress line per start and per
+    finish goes to ``stream`` (stderr); the log of a run that did not
+    succeed follows its line. The index is rebuilt at the end.
+
+    Returns
+    -------
+    list of RunResult
+        In the order of ``config.REPORTS``; :func:`exit_code_of` gives the
+        command's exit code.
+
+    Examples
+    --------
+    >>> results = run_all(jobs=2)                        # doctest: +SKIP
+    >>> exit_code_of(results)                            # doctest: +SKIP
+    0
+    """
+    from crmlab.report import read_json
+
+    stream = stream or sys.stderr
+    names = list(reports or config.REPORTS)
+    rdir = config.reports_dir(reports_dir)
+    jobs = max(1, int(jobs))
+    results: dict[str, RunResult] = {}
+    live: set[subprocess.Popen] = set()
+    stopping = threading.Event()
+    lock = threading.Lock()
+    width = max(len(n) for n in names) if names else 0
+    stream.write(f"crmlab run-all: {len(names)} reports, {jobs} at a time\n")
+    stream.flush()
+
+    def say(text):
+        with lock:
+            stream.write(text + "\n")
+            stream.flush()
+
+    def one(name: str) -> RunResult:
+        if stopping.is_set():
+            return RunResult(name, None, None, "interrupted", 128 + signal.SIGTERM, message="not started")
+        t0 = time.monotonic()
+        say(f"  {name:<{width}}  started")
+        proc = subprocess.Popen(_cli_args(name, source=source, mapping=mapping, reports_dir=rdir,
+                                          audience=audience, timeout=timeout, trigger=trigger,
+                                          param_files=param_files, params=params),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with lock:
+            live.add(proc)
+        out, err = proc.communicate()
+        with lock:
+            live.discard(proc)
+        seconds = time.monotonic() - t0
+        lines = [l for l in out.splitlines() if l.strip()]
+        run_dir = Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else None
+        doc = read_json(run_dir / "run.json", {}) if run_dir else {}
+        status = doc.get("status") or EXIT_STATUS.get(proc.returncode, "interrupted"
+                                                      if proc.returncode and proc.returncode > 128 else "failed")
+        res = RunResult(report=name, run_id=doc.get("run_id"), run_dir=run_dir, status=status,
+                        exit_code=proc.returncode, error=doc.get("error"), duration_s=round(seconds, 3),
+                        message=(err.strip().splitlines() or [""])[-1])
+        say(f"  {name:<{width}}  {status:<11} {seconds:6.1f} s" + (f"  {run_dir}" if run_dir else ""))
+        if status != "success" and err.strip():
+            say("\n".join("      " + l for l in err.strip().splitlines()[-15:]))
+        return res
+
+    def forward(signum, frame):
+        stopping.set()
+        with lock:
+            for p in live:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for name, res in zip(names, pool.map(one, names)):
+                results[name] = res
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    with contextlib.suppress(Exception):
+        from crmlab.index import build_index
+
+        build_index(rdir)
+    ordered = [results[n] for n in names]
+    ok = sum(r.ok for r in ordered)
+    say(f"crmlab run-all: {ok} of {len(ordered)} succeeded; exit code {exit_code_of(ordered)}")
+    return ordered
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--execute":
+        sys.exit(_child_main(sys.argv[2]))
+    sys.exit("usage: python -m crmlab.runner --execute SPEC.json (used by crmlab run)")

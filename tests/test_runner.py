@@ -1,0 +1,366 @@
+"""The runner: parameters, lock, source check, execution in a child process,
+rendering, publishing (DESIGN.md "What one run leaves behind").
+
+Notebook runs are the slow part (a kernel each), so the runs are shared:
+``history`` runs the ``ok`` notebook twice and then a ``broken`` one under
+the same report name, and several tests read what those three runs left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
+from testkit import crmlab, env_for, make_project, pid_alive, run_dirs, tiny_source, wait_for  # noqa: E402
+
+import crmlab as crmlab_pkg  # noqa: E402
+from crmlab import locks, runner  # noqa: E402
+from crmlab.exceptions import RunLocked  # noqa: E402
+from crmlab.runner import RunResult, exit_code_of, run_report  # noqa: E402
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project whose five reports are the test notebooks; a tiny source."""
+    root = make_project(tmp_path / "project", {"segmentation": "ok", "lifecycle": "ok",
+                                               "forecasting": "no_data", "campaigns": "slow",
+                                               "data-quality": "broken"})
+    reports = tmp_path / "reports"
+    monkeypatch.setenv("CRMLAB_HOME", str(root))
+    monkeypatch.setenv("CRMLAB_REPORTS_DIR", str(reports))
+    return SimpleNamespace(root=root, reports=reports, source=tiny_source(tmp_path / "src"), tmp=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """Two good runs of one report, then a failing one."""
+    tmp = tmp_path_factory.mktemp("history")
+    root = make_project(tmp / "project", {"segmentation": "ok"})
+    reports = tmp / "reports"
+    source = tiny_source(tmp / "src")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRMLAB_HOME", str(root))
+        mp.setenv("CRMLAB_REPORTS_DIR", str(reports))
+        first = run_report("segmentation", source=str(source), params={"n": "4"})
+        second = run_report("segmentation", source=str(source), params={"n": 5})
+        latest = reports / "segmentation" / "latest.html"
+        latest_before = latest.read_bytes()
+        make_project(root, {"segmentation": "broken"})
+        failed = run_report("segmentation", source=str(source))
+        yield SimpleNamespace(first=first, second=second, failed=failed, reports=reports, source=source,
+                              latest_before=latest_before, latest_after=latest.read_bytes())
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- what a successful run leaves behind --------------------------------------
+
+def test_success_run_leaves_what_design_says(history):
+    r = history.first
+    assert (r.status, r.exit_code, r.error) == ("success", 0, None)
+    names = {p.name for p in r.run_dir.iterdir()}
+    assert {"report.html", "notebook.ipynb", "metrics.json", "run.json", "exports"} <= names
+    assert names <= {"report.html", "notebook.ipynb", "metrics.json", "run.json", "exports", "kpis.json"}
+    metrics = _json(r.run_dir / "metrics.json")
+    assert metrics["customers"] == 400 and metrics["churn_rate"] == pytest.approx(0.14)
+    assert (r.run_dir / "exports" / "customers.csv").read_text(encoding="utf-8").startswith("city,customers")
+    assert r.run_dir.parent == history.reports / "segmentation"
+
+
+def test_run_json_is_a_complete_manifest(history):
+    r = history.first
+    doc = _json(r.run_dir / "run.json")
+    assert doc["report"] == "segmentation" and doc["run_id"] == r.run_dir.name
+    assert (doc["status"], doc["exit_code"], doc["error"]) == ("success", 0, None)
+    assert doc["trigger"] == "cli" and doc["audience"] == "stakeholder"
+    assert doc["started_at"] < doc["finished_at"] and doc["duration_s"] > 0
+    assert doc["timings"]["execute_s"] > 0 and doc["timings"]["render_s"] > 0
+    # effective parameters: defaults, the -p value converted to int, the injected run_dir
+    assert doc["params"]["n"] == 4 and doc["params"]["ratio"] == 0.5 and doc["params"]["flag"] is False
+    assert doc["params"]["run_dir"] == str(r.run_dir) and doc["params"]["source"] == str(history.source)
+    src = doc["source"]
+    assert src["kind"] == "files" and src["checked"] is True and len(src["fingerprint"]) >= 8
+    assert src["encodings"] == {"orders": "utf-8"} and src["extracted_at"]
+    assert doc["row_counts"]["orders"] == 3 and doc["quarantined"]["orders"] == 0
+    assert doc["code_version"]["version"] == crmlab_pkg.__version__
+    assert {"pandas", "numpy", "duckdb", "papermill", "nbconvert", "statsmodels"} <= set(doc["packages"])
+    assert [k["key"] for k in doc["kpis"]] == ["customers", "churn_rate"]
+    assert doc["kpis"][0]["value"] == 400 and doc["kpis"][1]["better"] == "lower"
+
+
+def test_run_ids_sort_by_time(history):
+    ids = [history.first.run_id, history.second.run_id, history.failed.run_id]
+    assert ids == sorted(ids)
+    assert all(len(i.split("-")[0]) == 16 and i.split("-")[0].endswith("Z") for i in ids)
+
+
+def test_page_has_no_code_and_reads_header_then_summary(history):
+    html = (history.second.run_dir / "report.html").read_text(encoding="utf-8")
+    for absent in ("rep.metric(", "import sys", "STDERR-NOISE-LINE", "WARNING-NOISE-LINE",
+                   "injected-parameters", "celltag_parameters", "In&nbsp;[", "Passed unknown",
+                   "A tiny notebook for the runner", "<!--crmlab:status-->"):
+        assert absent not in html, absent
+    order = [html.index(s) for s in ('class="crm-header"', "What changed", "NARRATIVE-MARKDOWN-CELL",
+                                     "Customers by city", 'class="crm-footer"')]
+    assert order == sorted(order), "the summary cell is moved up to just after the header"
+    assert "Active customers rose from 400 to 500 (+25.0%)" in html
+    assert "Churn rate rose from 14.0% to 15.0% (+1.0 pts)" in html
+    assert '<span class="crm-pill success">success</span>' in html
+    assert "There are 500 active customers." in html
+
+
+def test_page_is_self_contained(history):
+    html = (history.second.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in html
+    for remote in ('src="http', "src='http", 'href="http', "@import", "url(http", "cdnjs", "require.js"):
+        assert remote not in html, remote
+    assert 'src="data:image/png;base64,' in html and ".crm-kpi" in html  # chart and theme inline
+
+
+def test_latest_is_the_last_successful_page(history):
+    latest = history.reports / "segmentation" / "latest.html"
+    page = (history.second.run_dir / "report.html").read_text(encoding="utf-8")
+    assert latest.read_text(encoding="utf-8") == page.replace('href="../../index.html"', 'href="../index.html"')
+    assert not (history.reports / "segmentation" / "latest.html.tmp").exists()
+
+
+def test_failed_run_keeps_latest_and_says_where_it_failed(history):
+    r = history.failed
+    assert (r.status, r.exit_code) == ("failed", 1)
+    assert r.error["cell"] == 5 and r.error["ename"] == "ValueError"
+    assert "BROKEN-ON-PURPOSE" in r.error["evalue"]
+    doc = _json(r.run_dir / "run.json")
+    assert doc["status"] == "failed" and doc["exit_code"] == 1 and doc["error"]["cell"] == 5
+    html = (r.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "This run failed at cell 5." in html and "ValueError: BROKEN-ON-PURPOSE" in html
+    assert html.index("This run failed") < html.index('class="crm-header"')
+    assert "Traceback" not in html and "crm-pill failed" in html
+    assert history.latest_after == history.latest_before, "a failed run never touches latest.html"
+    # the figures recorded before the failure are kept
+    assert _json(r.run_dir / "metrics.json") == {"customers": 300}
+
+
+def test_index_shows_the_failure_and_the_history(history):
+    index = (history.reports / "index.html").read_text(encoding="utf-8")
+    section = index[index.index('id="segmentation"'):index.index('id="lifecycle"')]
+    assert "crm-pill failed" in section and "failed at cell 5" in section
+    links = [f"segmentation/{r.run_id}/report.html" for r in (history.failed, history.second, history.first)]
+    positions = [section.index(link) for link in links]
+    assert positions == sorted(positions), "history newest first"
+    assert 'href="segmentation/latest.html"' in section
+
+
+# -- audiences, exit codes ---------------------------------------------------
+
+def test_analyst_page_keeps_code_and_does_not_publish(project):
+    r = run_report("lifecycle", source=str(project.source), audience="analyst")
+    assert r.status == "success"
+    html = (r.run_dir / "report.html").read_text(encoding="utf-8")
+    code = re.sub(r"<[^>]+>", "", html)  # the code is highlighted span by span
+    assert 'rep.metric("customers"' in html.replace("&quot;", '"') or 'rep.metric("customers"' in code
+    assert "jp-InputArea-editor" in html
+    assert not (project.reports / "lifecycle" / "latest.html").exists()
+    assert _json(r.run_dir / "run.json")["audience"] == "analyst"
+
+
+def test_no_data_raised_in_the_notebook_exits_3(project):
+    r = run_report("forecasting", source=str(project.source))
+    assert (r.status, r.exit_code, r.error["ename"]) == ("no_data", 3, "NoDataError")
+    assert "no data" in (r.run_dir / "report.html").read_text(encoding="utf-8")
+    assert not (project.reports / "forecasting" / "latest.html").exists()
+
+
+def test_timeout_stops_the_notebook_and_its_kernel(project):
+    pid_file = project.tmp / "kernel.pid"
+    r = run_report("campaigns", source=str(project.source), params={"pid_file": str(pid_file)}, timeout=20)
+    assert (r.status, r.exit_code) == ("timeout", 4)
+    assert pid_file.exists(), "the kernel started and reached the sleeping cell within the time limit"
+    kernel = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(kernel), "no kernel is left behind"
+    doc = _json(r.run_dir / "run.json")
+    assert doc["status"] == "timeout" and doc["exit_code"] == 4
+    assert "time limit" in (r.run_dir / "report.html").read_text(encoding="utf-8")
+    assert locks.holder("campaigns") is None
+
+
+def test_sigterm_interrupts_cleanly(project):
+    pid_file = project.tmp / "kernel.pid"
+    latest = project.reports / "campaigns" / "latest.html"
+    latest.parent.mkdir(parents=True)
+    latest.write_bytes(b"<html>the last good page</html>")
+    proc = subprocess.Popen([sys.executable, "-m", "crmlab.cli", "run", "campaigns", "--source",
+                             str(project.source), "-p", f"pid_file={pid_file}"],
+                            env=env_for(project.root, project.reports), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(pid_file, 120), "the notebook reached its sleeping cell"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    doc = _json(run_dir / "run.json")
+    assert doc["status"] == "interrupted" and doc["exit_code"] == 143
+    assert not pid_alive(int(pid_file.read_text()))
+    assert latest.read_bytes() == b"<html>the last good page</html>"
+    assert locks.holder("campaigns") is None
+    with locks.report_lock("campaigns"):
+        pass
+
+
+# -- locks -------------------------------------------------------------------
+
+_HOLD = ("import sys, time\nfrom crmlab.locks import report_lock\n"
+         "with report_lock('segmentation', sys.argv[1], run_id='holder-run'):\n"
+         "    print('locked', flush=True)\n    time.sleep(float(sys.argv[2]))\n")
+
+
+def _holder(reports: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(reports), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_is_skipped_while_one_runs(project):
+    holder = _holder(project.reports, 60)
+    try:
+        r = run_report("segmentation", source=str(project.source))
+        assert (r.status, r.exit_code, r.run_dir) == ("skipped", 5, None)
+        assert f"pid {holder.pid}" in r.message and "holder-run" in r.message
+        assert run_dirs(project.reports, "segmentation") == []
+        events = (project.reports / "segmentation" / "events.jsonl").read_text().splitlines()
+        assert json.loads(events[-1])["status"] == "skipped"
+        assert locks.holder("segmentation")["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_free(project):
+    holder = _holder(project.reports, 60)
+    holder.send_signal(signal.SIGKILL)  # no clean-up at all
+    holder.wait()
+    path = locks.lock_path("segmentation")
+    assert path.exists() and str(holder.pid) in path.read_text()
+    assert locks.holder("segmentation") is None
+    with locks.report_lock("segmentation", run_id="next") as lock:
+        assert json.loads(path.read_text())["run_id"] == "next" and lock.fd > 0
+        with pytest.raises(RunLocked):
+            with locks.report_lock("segmentation"):
+                pass
+
+
+# -- parameters --------------------------------------------------------------
+
+def test_known_parameters_reads_types_defaults_and_help(project):
+    known = runner.known_parameters("segmentation")
+    assert {k: v["type"] for k, v in known.items()} == {
+        "source": "str", "mapping": "str", "as_of": "str", "run_dir": "str", "audience": "str",
+        "n": "int", "ratio": "float", "flag": "bool", "items": "list", "opts": "dict"}
+    assert known["n"]["default"] == 3 and known["opts"]["default"] == {}
+    # a comment holding "=" is read (papermill's own inspector skips such lines)
+    assert known["mapping"]["help"] == "mapping YAML for a foreign export; empty = none"
+
+
+def test_parse_parameters_cell_handles_untyped_and_multiline():
+    known = runner.parse_parameters_cell(
+        'a = 1  # untyped int\nb: "list[str]" = ["x"]\nc: dict = {\n    "k": 1,\n}  # on the last line\n'
+        'd: float | None = None  # optional\n')
+    assert known["a"] == {"type": "int", "default": 1, "help": "untyped int"}
+    assert known["b"]["type"] == "list" and known["c"] == {"type": "dict", "default": {"k": 1},
+                                                          "help": "on the last line"}
+    assert known["d"]["type"] == "float"
+
+
+def test_parameters_merge_defaults_files_then_p(project):
+    f1 = project.tmp / "one.yaml"
+    f1.write_text("n: 7\nratio: 0.25\nas_of: 2026-06-30\n")
+    named = project.root / "parameters" / "segmentation"
+    named.mkdir(parents=True)
+    (named / "monthly.yaml").write_text("n: 8\nitems: [north, south]\n")
+    values = runner.resolve_parameters("segmentation", param_files=[f1, "monthly"],
+                                       params={"n": "9", "flag": "yes", "opts": "{k: 1}", "ratio": "1"})
+    assert values["n"] == 9 and values["ratio"] == 1.0 and isinstance(values["ratio"], float)
+    assert values["as_of"] == "2026-06-30", "a YAML date for a str parameter becomes its ISO text"
+    assert values["items"] == ["north", "south"] and values["opts"] == {"k": 1} and values["flag"] is True
+    assert values["source"] == "fake:ok" and values["audience"] == "stakeholder"
+
+
+def test_unknown_and_mistyped_parameters_are_refused_before_anything_runs(project):
+    r = run_report("segmentation", source=str(project.source),
+                   params={"nn": "1", "n": "abc", "flag": "maybe", "items": "x", "run_dir": "/tmp/x"})
+    assert (r.status, r.exit_code, r.run_dir) == ("bad_input", 2, None)
+    for text in ("unknown parameter 'nn'", "parameter n expects int, got 'abc'",
+                 "parameter flag expects bool", "parameter items expects list",
+                 "'run_dir' is set by the runner", "Known parameters of report segmentation",
+                 "n: int = 3  # customers in hundreds", "ratio: float = 0.5"):
+        assert text in r.message, text
+    assert run_dirs(project.reports, "segmentation") == []
+    with pytest.raises(ValueError):
+        runner.coerce("n", True, "int")
+    unknown = run_report("no-such-report")
+    assert unknown.exit_code == 2 and "segmentation" in unknown.message
+
+
+def test_a_broken_source_contract_exits_2_before_a_run_dir(project):
+    bad = tiny_source(project.tmp / "bad", columns=("customer_id", "order_date"))
+    r = run_report("segmentation", source=str(bad))
+    assert (r.status, r.exit_code, r.run_dir) == ("bad_input", 2, None)
+    assert "orders" in r.message and "amount" in r.message
+    empty = tiny_source(project.tmp / "empty", rows=0)
+    r = run_report("segmentation", source=str(empty))
+    assert (r.status, r.exit_code, r.run_dir) == ("no_data", 3, None)
+    assert run_dirs(project.reports, "segmentation") == []
+    events = [json.loads(l) for l in (project.reports / "segmentation" / "events.jsonl").read_text().splitlines()]
+    assert [e["status"] for e in events] == ["bad_input", "no_data"]
+
+
+# -- pure parts --------------------------------------------------------------
+
+def test_worst_exit_code_wins():
+    def res(status, code):
+        return RunResult("r", None, None, status, code)
+
+    assert exit_code_of([res("success", 0)] * 3) == 0
+    assert exit_code_of([res("success", 0), res("skipped", 5), res("no_data", 3)]) == 3
+    assert exit_code_of([res("timeout", 4), res("failed", 1), res("skipped", 5)]) == 1
+
+
+def test_prepare_notebook_moves_summary_under_header_and_hides_parameters():
+    nb = nbformat.v4.new_notebook()
+
+    def cell(src, *tags, kind="code"):
+        c = nbformat.v4.new_code_cell(src) if kind == "code" else nbformat.v4.new_markdown_cell(src)
+        c.metadata["tags"] = list(tags)
+        return c
+
+    nb.cells = [cell("# title", kind="md"), cell("a = 1", "parameters"), cell("a = 2", "injected-parameters"),
+                cell("h", "header"), cell("body"), cell("s", "summary"), cell("tail")]
+    nb.cells[4].outputs = [nbformat.v4.new_output("stream", name="stderr", text="noise"),
+                           nbformat.v4.new_output("stream", name="stdout", text="kept"),
+                           nbformat.v4.new_output("execute_result", data={"text/plain": "42"}),
+                           nbformat.v4.new_output("display_data", data={"application/javascript": "x()"})]
+    out = runner.prepare_notebook(nb, "stakeholder")
+    assert [c.source for c in out.cells] == ["h", "s", "body", "tail"]
+    assert [o.get("text") for o in out.cells[2].outputs] == ["kept"]
+    nb2 = nbformat.v4.new_notebook()
+    nb2.cells = [cell("x"), cell("s", "summary")]
+    assert [c.source for c in runner.prepare_notebook(nb2, "analyst").cells] == ["s", "x"]
