@@ -1,0 +1,208 @@
+"""Shared fixtures: a tiny CRM world on disk and a real PostgreSQL server.
+
+``tiny_world`` writes a small world directory laid out like a synthetic one
+(eight ``<table>.parquet`` files, ``world.json``, ``truth/``) with defects
+planted at known rows; ``TINY_DEFECTS`` lists them as (table, row, column,
+check). ``pg_url`` starts a throw-away PostgreSQL server for the session.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+WORLD_END = "2024-06-30"
+
+# (table, 1-based row, column, check) planted by tiny_world_tables
+TINY_DEFECTS = [
+    ("customers", 4, "birth_date", "parse_date"),
+    ("customers", 7, "birth_date", "date_out_of_range"),
+    ("customers", 9, "signup_date", "future_date"),
+    ("customers", 12, "customer_id", "duplicate_key"),
+    ("orders", 5, "amount", "negative_amount"),
+    ("orders", 9, "amount", "absurd_amount"),
+    ("orders", 14, "order_date", "future_date"),
+    ("orders", 20, "amount", "not_null"),
+    ("orders", 23, "status", "out_of_domain"),
+    ("orders", 27, "order_date", "date_out_of_range"),
+    ("orders", 31, "customer_id", "not_null"),
+    ("orders", 35, "order_id", "duplicate_key"),
+    ("tickets", 2, "satisfaction", "out_of_range"),
+    ("tickets", 3, "nps", "out_of_range"),
+    ("campaign_contacts", 4, "group", "out_of_domain"),
+]
+
+
+def tiny_world_tables(seed: int = 7) -> dict[str, pd.DataFrame]:
+    """Eight small canonical tables with the defects of TINY_DEFECTS.
+
+    Rows are in primary-key order (so a database that numbers rows by key
+    agrees with the file order). Mixed date formats in customers' text
+    dates; ``' PAID'`` and ``'Refunded'`` statuses that normalise.
+    """
+    rng = np.random.default_rng(seed)
+    n_cust, n_ord = 12, 40
+    cust = pd.DataFrame({
+        "customer_id": np.arange(1, n_cust + 1, dtype="int64"),
+        "name": [f"Person {i}" for i in range(1, n_cust + 1)],
+        "email": [f"p{i}@example.com" for i in range(1, n_cust + 1)],
+        "phone": [f"+86 138 0000 {i:04d}" for i in range(1, n_cust + 1)],
+        "city": rng.choice(["Beijing", "Shanghai", "Boston"], n_cust),
+        "birth_date": ["1980-01-05", "05/03/1975", "1990年7月1日", "not a date", "Jan 05, 1988",
+                       "1979/12/31", "1850-01-01", "1991-02-03", "1992-03-04", "1993-04-05",
+                       "1994-05-06", "1995-06-07"],
+        "signup_date": ["2020-01-01"] * 8 + ["2031-01-01"] + ["2021-06-01"] * 3,
+    })
+    # row 12 repeats customer 11's key
+    cust.loc[11, "customer_id"] = 11
+    start = pd.Timestamp("2023-01-01")
+    orders = pd.DataFrame({
+        "order_id": np.arange(1, n_ord + 1, dtype="int64"),
+        "customer_id": rng.integers(1, n_cust, n_ord).astype("float64"),
+        "order_date": start + pd.to_timedelta(np.sort(rng.integers(0, 500, n_ord)), "D")
+        + pd.to_timedelta(rng.integers(0, 86_400, n_ord), "s"),
+        "amount": rng.gamma(2.0, 40.0, n_ord).round(2),
+        "status": rng.choice(["paid", "paid", " PAID", "Refunded", "cancelled"], n_ord),
+        "channel": rng.choice(["web", "app", "store"], n_ord),
+    })
+    orders.loc[4, "amount"] = -12.0                       # row 5
+    orders.loc[8, "amount"] = 5_000_000.0                 # row 9
+    orders.loc[13, "order_date"] = pd.Timestamp("2030-01-01 10:00")  # row 14
+    orders.loc[19, "amount"] = np.nan                     # row 20
+    orders.loc[22, "status"] = "unknown"                  # row 23
+    orders.loc[26, "order_date"] = pd.Timestamp("1985-06-01")         # row 27
+    orders.loc[30, "customer_id"] = np.nan                # row 31
+    # row 35 repeats row 34's key (same customer, an hour later: it sorts
+    # second in key order too)
+    orders.loc[34, "order_id"] = orders.loc[33, "order_id"]
+    orders.loc[34, "customer_id"] = orders.loc[33, "customer_id"]
+    orders.loc[34, "order_date"] = orders.loc[33, "order_date"] + pd.Timedelta(hours=1)
+    products = pd.DataFrame({"product_id": [1, 2, 3], "name": ["Tea", "Cup", "Pot"],
+                             "category": ["food", "home", "home"],
+                             "unit_cost": [1.0, 2.0, 10.0], "list_price": [3.0, 5.0, 25.0]})
+    lines = pd.DataFrame({"order_id": np.repeat(orders.order_id.to_numpy()[:10], 2),
+                          "product_id": np.tile([1, 2], 10), "quantity": 1,
+                          "unit_price": 3.0}).sort_values(["order_id", "product_id"])
+    inter = pd.DataFrame({"customer_id": [1, 1, 2, 3],
+                          "ts": pd.to_datetime(["2023-02-01 10:00", "2023-02-02 11:00",
+                                                "2023-03-01 09:00", "2023-04-01 08:00"]),
+                          "type": ["web visit", "app login", "email open", "call"]})
+    tickets = pd.DataFrame({"ticket_id": [1, 2, 3, 4], "customer_id": [1, 2, 3, 4],
+                            "opened_at": pd.to_datetime(["2023-05-01", "2023-05-02",
+                                                         "2023-05-03", "2023-05-04"]),
+                            "satisfaction": [5, 7, 3, 1], "nps": [9, 8, 11, 0]})
+    campaigns = pd.DataFrame({"campaign_id": [1, 2], "name": ["Spring", "Autumn"],
+                              "channel": ["email", "sms"], "cost": [100.0, 250.0],
+                              "start_date": pd.to_datetime(["2023-03-01", "2023-09-01"]).date,
+                              "end_date": pd.to_datetime(["2023-03-31", "2023-09-30"]).date})
+    contacts = pd.DataFrame({"campaign_id": [1, 1, 1, 2, 2, 2],
+                             "customer_id": [1, 2, 3, 1, 2, 3],
+                             "group": ["treatment", "control", "Treatment", "maybe", "control",
+                                       "treatment"],
+                             "converted": [True, False, True, False, False, True],
+                             "revenue": [10.0, 0.0, 12.0, 0.0, 0.0, 8.0]})
+    return {"customers": cust, "orders": orders, "order_lines": lines, "products": products,
+            "interactions": inter, "tickets": tickets, "campaigns": campaigns,
+            "campaign_contacts": contacts}
+
+
+def write_parquet_dir(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_parquet(directory / f"{name}.parquet", index=False)
+    return directory
+
+
+@pytest.fixture
+def tiny_world(tmp_path) -> Path:
+    """A world directory as crmlab.synthetic lays one out."""
+    d = write_parquet_dir(tiny_world_tables(), tmp_path / "world")
+    (d / "world.json").write_text(json.dumps({"scenario": "tiny", "seed": 7,
+                                              "start": "2023-01-01", "end": WORLD_END}))
+    (d / "truth").mkdir()
+    pd.DataFrame(TINY_DEFECTS, columns=["table", "row", "column", "check"]).to_csv(
+        d / "truth" / "defects.csv", index=False)
+    return d
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+def _pg_bindir() -> Path | None:
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                  key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0)
+    for d in reversed(dirs):
+        if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists():
+            return Path(d)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A throw-away PostgreSQL server for the session: its URL.
+
+    Runs Debian's initdb/pg_ctl (as the ``postgres`` user when the tests
+    run as root) on a free port, socket in a temporary directory, trust
+    authentication; creates database ``crmlab_test``; stops the server and
+    removes its files at the end.
+    """
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin; "
+                    ".ci/run should install the Debian package `postgresql`")
+    base = Path(tempfile.mkdtemp(prefix="crmlab-pg-"))
+    data, sock, log = base / "data", base / "sock", base / "server.log"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        os.chmod(base, 0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, cwd=base)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+        "-E", "UTF8", "--no-locale")
+    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60",
+        "start")
+    try:
+        import psycopg
+
+        deadline = time.time() + 30
+        while True:
+            try:
+                with psycopg.connect(host="127.0.0.1", port=port, user="postgres",
+                                     dbname="postgres", autocommit=True) as con:
+                    con.execute("CREATE DATABASE crmlab_test")
+                break
+            except psycopg.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield f"postgresql://postgres@127.0.0.1:{port}/crmlab_test"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                        "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(base, ignore_errors=True)
