@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--audience", choices=("stakeholder", "analyst"), default="stakeholder")
     r.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the notebook after this long")
     r.add_argument("--trigger", default="cli", help=argparse.SUPPRESS)
+    r.add_argument("--result-json", metavar="FILE", help=argparse.SUPPRESS)  # the scheduler reads the outcome here
 
     a = sub.add_parser("run-all", help="run every report, in parallel with --jobs")
     a.add_argument("--source", metavar="SPEC")
@@ -98,11 +99,37 @@ def _cmd_run(args) -> int:
     result = runner.run_report(args.report, source=args.source, mapping=args.mapping,
                                param_files=args.param_files, params=params, reports_dir=args.reports_dir,
                                audience=args.audience, timeout=args.timeout, trigger=args.trigger)
+    if args.result_json:
+        _write_result(result, args.result_json)
+    if not str(args.trigger).startswith("schedule"):  # the scheduler audits its runs with the job's context
+        _audit(result, args, params)
     # the reason of a refused or skipped run is already on stderr (the runner's log)
     if result.run_dir is not None:
         sys.stdout.flush()
         print(result.run_dir)
     return result.exit_code
+
+
+def _write_result(result, path) -> None:
+    """The run's outcome as JSON, for the process that started this one."""
+    import dataclasses
+    import json
+
+    doc = dataclasses.asdict(result)
+    doc["run_dir"] = str(result.run_dir) if result.run_dir else None
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, default=str)
+
+
+def _audit(result, args, params) -> None:
+    """One line in reports/_schedule/audit.jsonl for this run (never changes its outcome)."""
+    try:
+        from crmlab.schedule import audit_run
+
+        given = {"param_files": list(args.param_files), "params": dict(params)}
+        audit_run(result, reports_dir=args.reports_dir, trigger=args.trigger, given=given)
+    except Exception as exc:
+        logging.getLogger("crmlab").warning("could not write the audit log: %s", exc)
 
 
 def _cmd_run_all(args) -> int:

@@ -70,3 +70,11 @@ class RunLocked(CrmlabError):
     """A run of the same report is already in progress."""
 
     exit_code = 5
+
+
+class SourceUnavailable(CrmlabError):
+    """The data source did not answer (a database that refuses or drops the
+    connection, a server that cannot be reached). Unlike a broken contract,
+    this may pass by itself, so a scheduled run retries it."""
+
+    exit_code = 1

@@ -172,6 +172,13 @@ def report_card(report: str, root: Path) -> str:
             f"</section>")
 
 
+def _local_note(job: dict) -> str:
+    """The next run in the job's own zone, under the UTC time (when the
+    scheduler recorded it as ``next_run_local``)."""
+    local = job.get("next_run_local")
+    return f'<br><span class="crm-note">{escape(local)}</span>' if local else ""
+
+
 def schedule_section(state: dict) -> str:
     """The scheduler's block: jobs (next run, last outcome) and open alerts."""
     jobs = state.get("jobs") or []
@@ -180,7 +187,7 @@ def schedule_section(state: dict) -> str:
     rows = "".join(
         f"<tr><td>{escape(j.get('name'))}</td><td>{escape(j.get('report'))}</td>"
         f"<td><code>{escape(j.get('cron') or j.get('schedule') or '')}</code></td>"
-        f"<td>{escape(_when(j.get('next_run')))}</td><td>{escape(_when(j.get('last_run')))}</td>"
+        f"<td>{escape(_when(j.get('next_run')))}{_local_note(j)}</td><td>{escape(_when(j.get('last_run')))}</td>"
         f"<td>{_pill(j.get('last_status')) if j.get('last_status') else '–'}</td></tr>"
         for j in jobs if isinstance(j, dict))
     table = ("<table class=\"crm-table\"><tr><th>job</th><th>report</th><th>when</th><th>next run</th>"

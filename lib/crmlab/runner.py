@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crmlab import config
-from crmlab.exceptions import CrmlabError, DataContractError, NoDataError, ParameterError, RunLocked
+from crmlab.exceptions import (CrmlabError, DataContractError, NoDataError, ParameterError, RunLocked,
+                               SourceUnavailable)
 
 log = logging.getLogger("crmlab.runner")
 
@@ -93,6 +94,7 @@ PACKAGES: tuple[str, ...] = ("pandas", "numpy", "pyarrow", "duckdb", "ibis-frame
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 EVENTS_FILE = "events.jsonl"
 KILL_GRACE_S = 3.0
+PROBE_TIMEOUT_S = 5.0  # how long a network source's server may take to accept a connection
 
 
 @dataclass
@@ -426,6 +428,42 @@ def _source_kind(spec: str) -> str:
     return "files"
 
 
+def probe_source(spec: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Check that a network source's server accepts a TCP connection.
+
+    A database that refuses or does not answer is a failure that may pass
+    (the scheduler retries it), unlike a broken data contract (exit 2): this
+    probe tells the two apart before the source is opened. Sources that are
+    not reached over TCP (files, DuckDB, a PostgreSQL Unix socket) are not
+    probed.
+
+    Raises
+    ------
+    SourceUnavailable
+        The server refused the connection, did not answer within
+        ``timeout`` seconds, or its name does not resolve (exit 1).
+    """
+    import socket
+    from urllib.parse import parse_qsl, urlsplit
+
+    if _source_kind(spec) != "postgres":
+        return
+    try:
+        parts = urlsplit(spec)
+        host = dict(parse_qsl(parts.query)).get("host") or parts.hostname
+        port = parts.port or 5432
+    except ValueError:
+        return  # an unusual URL: left to the driver
+    if not host or host.startswith("/") or "," in host:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SourceUnavailable(f"the PostgreSQL server at {host}:{port} did not answer "
+                                f"({type(exc).__name__})") from None
+
+
 def check_source(spec: str | None, mapping: str | None = None) -> dict:
     """Open the source once and describe it for ``run.json``.
 
@@ -442,11 +480,14 @@ def check_source(spec: str | None, mapping: str | None = None) -> dict:
         The data breaks the contract (exit 2).
     NoDataError
         The source has no orders (exit 3).
+    SourceUnavailable
+        A network source's server did not answer (exit 1; may pass).
     """
     from crmlab.privacy import redact_url
     from crmlab.report import jsonable
 
     spec = spec or config.DEFAULT_SOURCE
+    probe_source(spec)
     info = {"spec": redact_url(spec), "kind": _source_kind(spec), "checked": False}
     try:
         ds = _open_source(spec, mapping)
@@ -791,14 +832,15 @@ def publish_latest(run_dir: Path) -> Path:
 
 # -- one run ----------------------------------------------------------------
 
-def _refused(report, reports_dir, status, message, trigger, start, params=None, log_it=True):
+def _refused(report, reports_dir, status, message, trigger, start, params=None, log_it=True, error=None):
     code = STATUS_EXIT[status]
     if log_it:
         with contextlib.suppress(OSError):
             _log_event(report, reports_dir, {"status": status, "exit_code": code, "trigger": trigger,
-                                             "message": message.splitlines()[0]})
+                                             "message": message.splitlines()[0],
+                                             **({"ename": error.get("ename")} if error else {})})
     log.error("%s: %s", report, message)
-    return RunResult(report=report, run_id=None, run_dir=None, status=status, exit_code=code,
+    return RunResult(report=report, run_id=None, run_dir=None, status=status, exit_code=code, error=error,
                      message=message, duration_s=round(time.monotonic() - start, 3), params=params or {})
 
 
@@ -869,6 +911,9 @@ def run_report(report: str, *, source: str | None = None, mapping: str | None = 
                 return _refused(report, rdir, "bad_input", str(exc), trigger, start, values)
             except NoDataError as exc:
                 return _refused(report, rdir, "no_data", str(exc), trigger, start, values)
+            except SourceUnavailable as exc:  # may pass: the scheduler retries it
+                return _refused(report, rdir, "failed", str(exc), trigger, start, values,
+                                error={"ename": "SourceUnavailable", "evalue": str(exc)})
             return _execute(report, run_id, rdir, values, source_info, audience=audience,
                             timeout=timeout, trigger=trigger, publish=publish, lock_fd=lock.fd, start=start)
     except RunLocked as exc:
