@@ -66,7 +66,7 @@ import pandas as pd
 import yaml
 
 from crmlab import config, schema
-from crmlab.exceptions import DataContractError, ParameterError
+from crmlab.exceptions import DataContractError, ParameterError, SourceUnavailable
 
 # ----------------------------------------------------------------------------- mapping
 
@@ -1363,6 +1363,14 @@ def _open_postgres(url: str, mapping: dict) -> dict:
         con = ibis.postgres.connect(schema=sch, **kwargs)
     except Exception as exc:
         reason = type(exc).__name__
+        text = str(exc).lower()
+        # wrong credentials or database name will not pass by themselves: bad input;
+        # a server that refuses, times out or is starting up may: retryable
+        permanent = any(s in text for s in ("authentication failed", "does not exist",
+                                            "no password supplied", "permission denied"))
+        if reason == "OperationalError" and not permanent:
+            raise SourceUnavailable(f"PostgreSQL at {_redact(url)} did not answer ({reason})"
+                                    ) from None
         raise DataContractError(f"could not connect to PostgreSQL at {_redact(url)} ({reason})"
                                 ) from None
     found = set(con.list_tables(database=sch) if sch else con.list_tables())
