@@ -951,6 +951,9 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
         (tmp / "spec.json").write_text(json.dumps(spec, default=str))
         env = dict(os.environ, JUPYTER_PATH=str(_kernel_home(tmp)), CRMLAB_REPORTS_DIR=str(rdir),
                    PYTHONUNBUFFERED="1")
+        if env.get("CRMLAB_THREADS"):
+            for var in THREAD_VARS:
+                env.setdefault(var, env["CRMLAB_THREADS"])
         child_log = open(tmp / "child.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "crmlab.runner", "--execute", str(tmp / "spec.json")],
                                 env=env, stdin=subprocess.DEVNULL, stdout=child_log, stderr=child_log,
@@ -1096,6 +1099,10 @@ def _cli_args(report, *, source, mapping, reports_dir, audience, timeout, trigge
     return args
 
 
+# thread-pool sizes of the numeric libraries a kernel loads (OpenMP, OpenBLAS, MKL, numexpr)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+
+
 def run_all(*, source: str | None = None, mapping: str | None = None, jobs: int = 1, reports_dir=None,
             audience: str = "stakeholder", timeout: float | None = None, trigger: str = "run-all",
             reports: Iterable[str] | None = None, param_files: Iterable = (), params: Mapping | None = None,
@@ -1125,6 +1132,9 @@ def run_all(*, source: str | None = None, mapping: str | None = None, jobs: int 
     names = list(reports or config.REPORTS)
     rdir = config.reports_dir(reports_dir)
     jobs = max(1, int(jobs))
+    # parallel reports share the cores: each one's numeric libraries get a fair share
+    # of threads (oversubscribed OpenMP/BLAS pools are many times slower)
+    threads = int(os.environ.get("CRMLAB_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
     results: dict[str, RunResult] = {}
     live: set[subprocess.Popen] = set()
     stopping = threading.Event()
@@ -1146,7 +1156,8 @@ def run_all(*, source: str | None = None, mapping: str | None = None, jobs: int 
         proc = subprocess.Popen(_cli_args(name, source=source, mapping=mapping, reports_dir=rdir,
                                           audience=audience, timeout=timeout, trigger=trigger,
                                           param_files=param_files, params=params),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, CRMLAB_THREADS=str(threads)))
         with lock:
             live.add(proc)
         out, err = proc.communicate()

@@ -1251,7 +1251,7 @@ def _find_file(directory: Path, name: str, declared: str | None) -> Path | None:
 
 def _open_files(directory: Path, mapping: dict) -> dict:
     """CSV/Parquet directory -> in-memory DuckDB with one raw view per table."""
-    con = ibis.duckdb.connect()
+    con = _duckdb_connect()
     raw, origins, encodings, files, notes = {}, {}, {}, [], []
     tmp = Path(tempfile.mkdtemp(prefix="crmlab-src-"))
     try:
@@ -1311,7 +1311,7 @@ def _open_files(directory: Path, mapping: dict) -> dict:
 
 
 def _open_duckdb(path: Path, mapping: dict) -> dict:
-    con = ibis.duckdb.connect()
+    con = _duckdb_connect()
     try:
         con.raw_sql(f"ATTACH {_sql_str(path)} AS src (READ_ONLY)")
     except Exception:
@@ -1342,6 +1342,13 @@ def _open_duckdb(path: Path, mapping: dict) -> dict:
         raw[tname] = con.table(f"raw_{tname}")
         origins[tname] = src
     return dict(backend=con, raw=raw, origins=origins)
+
+
+def _duckdb_connect():
+    """An in-memory DuckDB; its thread pool follows ``CRMLAB_THREADS`` when a
+    parallel run-all shares the cores between reports."""
+    threads = os.environ.get("CRMLAB_THREADS")
+    return ibis.duckdb.connect(threads=int(threads)) if threads else ibis.duckdb.connect()
 
 
 def _open_postgres(url: str, mapping: dict) -> dict:
