@@ -1,7 +1,9 @@
 """crmlab benchmark: wall time and peak memory, crmlab beside its peers.
 
 Every case runs in a fresh child process, so its peak resident memory is its
-own (``ru_maxrss`` of the child). A case is a function in a ``bench/bench_*.py``
+own: the larger of the child's ``ru_maxrss`` and the peak of the summed
+resident memory of the child and every process it starts (kernels, worker
+processes), sampled every 50 ms. A case is a function in a ``bench/bench_*.py``
 module, listed in that module's ``CASES`` dict::
 
     def aggregation_duckdb(scale: str, work: Path) -> dict:
@@ -38,6 +40,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +83,12 @@ def _run_child(area: str, case: str, scale: str, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__)), "--_case", f"{area}:{case}",
            "--scale", scale, "--work", str(work)]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    # the child has been waited for: its peak RSS is in RUSAGE_CHILDREN only as a max
-    # over all children, so the child reports its own peak instead (see _child)
+    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
+        proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True)
+        tree_peak = _watch_tree(proc)
+        wall = time.perf_counter() - start
+        fout.seek(0), ferr.seek(0)
+        out, err = fout.read(), ferr.read()
     result: dict = {"area": area, "case": case, "wall_seconds": round(wall, 3)}
     if proc.returncode != 0:
         result["error"] = (err.strip().splitlines() or ["failed"])[-1][:300]
@@ -92,8 +96,38 @@ def _run_child(area: str, case: str, scale: str, work: Path) -> dict:
         return result
     payload = json.loads(out.strip().splitlines()[-1])
     result.update(payload)
+    # peak of the summed resident memory of the case and every process it started
+    result["peak_mib"] = round(max(result.get("peak_mib", 0), tree_peak / 2**20), 1)
     result.setdefault("seconds", round(wall, 3))
     return result
+
+
+def _watch_tree(proc: subprocess.Popen, every: float = 0.05) -> int:
+    """Wait for ``proc``; return the peak of the summed RSS (bytes) of it and
+    its descendants, sampled every ``every`` seconds."""
+    import psutil
+
+    peak = 0
+    try:
+        root = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        proc.wait()
+        return 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        peak = max(peak, total)
+        time.sleep(every)
+    proc.wait()
+    return peak
 
 
 def _child(spec: str, scale: str, work: Path) -> None:
