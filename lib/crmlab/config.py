@@ -78,3 +78,40 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_DATA = 3
 EXIT_TIMEOUT = 4
 EXIT_LOCKED = 5
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """A path as a user types it: absolute, relative to the current
+    directory, or else relative to the project root."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (project_root() / p).exists():
+        return project_root() / p
+    return p
+
+
+def load_yaml(path: str | os.PathLike, what: str) -> dict:
+    """Read a YAML file that must hold a mapping (rules, mappings, scenarios,
+    parameter files, schedules).
+
+    ``what`` names the file for the user ("mapping", "segment map", ...);
+    a missing file, invalid YAML or a top level that is not a mapping is a
+    :class:`~crmlab.exceptions.ParameterError` that says which.
+    """
+    import yaml
+
+    from crmlab.exceptions import ParameterError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ParameterError(f"{what} file not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ParameterError(f"{what} {p.name} is not valid YAML{where}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ParameterError(f"{what} {p.name} must hold a mapping (name: value) at the top level")
+    return doc

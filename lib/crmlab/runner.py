@@ -373,12 +373,7 @@ def resolve_parameters(report: str, *, param_files: Iterable = (), params: Mappi
     layers: list[tuple[str, Mapping]] = []
     for ref in param_files or ():
         path = _param_file(report, ref)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ParameterError(f"parameter file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ParameterError(f"parameter file {path} must hold a mapping of name: value")
+        data = config.load_yaml(path, "parameter file")
         layers.append((f"in {path.name}", data))
     if params:
         layers.append(("given with -p", params))

@@ -179,14 +179,7 @@ def load_mapping(mapping: str | os.PathLike | Mapping | None) -> dict:
         where = str(doc.get("name", "(dict)"))
     else:
         path = mapping_path(mapping)
-        if not path.is_file():
-            raise ParameterError(f"mapping file {path} not found")
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ParameterError(f"mapping {path.name} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ParameterError(f"mapping {path.name}: expected a YAML mapping at the top level")
+        doc = config.load_yaml(path, "mapping")
         where = path.name
         doc.setdefault("name", path.stem)
     _unknown(doc, MAPPING_KEYS, where)

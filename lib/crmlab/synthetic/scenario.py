@@ -85,12 +85,7 @@ def _plain(obj: Any) -> Any:
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ParameterError(f"scenario {path.name} has a circular `base`")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"scenario {path.name} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ParameterError(f"scenario {path.name} must be a mapping")
+    doc = config.load_yaml(path, "scenario")
     base = doc.pop("base", None)
     if base:
         base_path = scenario_path(base) if not Path(base).suffix else (path.parent / base)
