@@ -1,0 +1,549 @@
+"""Tests of crmlab.forecasting: series, metrics, models, backtest, elasticity, narrative."""
+
+from __future__ import annotations
+
+import ibis
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmlab import forecasting as fc
+from crmlab.exceptions import NoDataError, ParameterError
+from crmlab.forecasting import models as fm
+from crmlab.forecasting.series import calendar_features
+
+
+# -- fixtures -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def con():
+    return ibis.duckdb.connect()
+
+
+@pytest.fixture(scope="module")
+def shop(con):
+    """Five orders over three weeks: 2024-01-01 is a Monday."""
+    orders = pd.DataFrame({
+        "order_id": [1, 2, 3, 4, 5],
+        "customer_id": [1, 1, 2, 3, 2],
+        "order_date": pd.to_datetime(["2024-01-01 10:00", "2024-01-02 09:00", "2024-01-16 12:00",
+                                      "2024-01-20 08:00", "2024-01-21 23:00"]),
+        "amount": [10.0, 20.0, 30.0, 40.0, 50.0],
+        "discount": [0.0, 5.0, 0.0, 10.0, 0.0],
+        "status": ["paid", "paid", "paid", "refunded", "paid"],
+        "channel": ["web", "app", "web", "web", "app"],
+    })
+    lines = pd.DataFrame({"order_id": [1, 1, 2, 3, 5], "product_id": [1, 2, 1, 2, 2],
+                          "category": ["a", "b", "a", "b", "b"], "quantity": [1, 3, 2, 1, 1],
+                          "unit_price": [4.0, 2.0, 5.0, 30.0, 50.0]})
+    customers = pd.DataFrame({"customer_id": [1, 2, 3], "region": ["East", "West", None]})
+    return {"orders": con.create_table("f_orders", orders, overwrite=True),
+            "order_lines": con.create_table("f_lines", lines, overwrite=True),
+            "customers": con.create_table("f_customers", customers, overwrite=True)}
+
+
+def weekly_panel(n_groups=4, T=170, seed=0, noise=0.05, sizes=None):
+    """Seasonal, trending weekly series as the long frame build_series returns."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)
+    periods = pd.date_range("2021-01-04", periods=T, freq="W-MON")
+    frames = []
+    for g in range(n_groups):
+        level = rng.uniform(500, 3000)
+        y = level * (1 + 0.003 * t) * (1 + 0.25 * np.sin(2 * np.pi * t / 52.18 + g)) \
+            + rng.normal(0, noise * level, T)
+        frames.append(pd.DataFrame({
+            "group": f"g{g}", "period": periods, "revenue": np.clip(y, 0, None),
+            "discount_share": rng.uniform(0, 0.1, T),
+            "group_customers": (sizes or {}).get(g, 100)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+class Spy(fm.PanelForecaster):
+    """Records the data each fit sees; forecasts the last value."""
+
+    name = "spy"
+    seen: list = []
+
+    def fit(self, Y, periods=None, *, freq="W", exog=None):
+        Y = self._setup(Y, periods, freq)
+        Spy.seen.append((Y.copy(), pd.DatetimeIndex(self.periods_)))
+        self.last_ = Y[:, -1:]
+        return self
+
+    def forecast(self, horizon, *, exog_future=None, levels=fm.LEVELS):
+        return {"mean": np.repeat(self.last_, horizon, axis=1)}
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    Spy.seen = []
+    monkeypatch.setitem(fm.MODELS, "spy", Spy)
+    return Spy
+
+
+# -- series ----------------------------------------------------------------
+
+def test_series_fills_missing_weeks_and_filters_status(shop):
+    s = fc.build_series(shop["orders"], freq="W")
+    # week of Jan 8 has no orders -> zero; the refunded order is left out
+    assert s["period"].dt.strftime("%m-%d").tolist() == ["01-01", "01-08", "01-15"]
+    assert s["revenue"].tolist() == [30.0, 0.0, 80.0]
+    assert s["orders"].tolist() == [2, 0, 2]
+    # discount share = discount / (amount + discount)
+    assert s["discount_share"].iloc[0] == pytest.approx(5 / 35)
+
+
+def test_series_drops_partial_periods(shop):
+    # as_of on a Wednesday: the last week is incomplete and is dropped
+    s = fc.build_series(shop["orders"], freq="W", as_of="2024-01-17")
+    assert s["period"].max() == pd.Timestamp("2024-01-08")
+    s_all = fc.build_series(shop["orders"], freq="W", as_of="2024-01-17", complete_periods=False)
+    assert s_all["period"].max() == pd.Timestamp("2024-01-15")
+    assert s_all["revenue"].iloc[-1] == 30.0
+
+
+def test_series_groups_by_order_customer_segment_and_line_columns(shop):
+    by_channel = fc.build_series(shop["orders"], freq="W", group_by="channel")
+    assert by_channel.groupby("group")["revenue"].sum().to_dict() == {"app": 70.0, "web": 40.0}
+
+    by_region = fc.build_series(shop["orders"], customers=shop["customers"], freq="W",
+                                group_by="region")
+    assert by_region.groupby("group")["revenue"].sum().to_dict() == {"East": 30.0, "West": 80.0}
+    assert by_region.drop_duplicates("group").set_index("group")["group_customers"].to_dict() \
+        == {"East": 1, "West": 1}
+
+    seg = pd.DataFrame({"customer_id": [1, 2], "segment": ["vip", "new"]})
+    by_seg = fc.build_series(shop["orders"], segments=seg, freq="W", group_by="segment")
+    assert by_seg.groupby("group")["revenue"].sum().to_dict() == {"new": 80.0, "vip": 30.0}
+
+    by_cat = fc.build_series(shop["orders"], order_lines=shop["order_lines"], freq="W",
+                             group_by="category")
+    # order 1 (10.0) splits 4:6 between a and b; order 2 -> a; orders 3, 5 -> b
+    assert by_cat.groupby("group")["revenue"].sum().to_dict() == pytest.approx(
+        {"a": 4.0 + 20.0, "b": 6.0 + 30.0 + 50.0})
+    # the groups add up to the total of orders that have lines
+    assert by_cat["revenue"].sum() == pytest.approx(110.0)
+
+
+def test_series_errors_name_the_problem(shop):
+    with pytest.raises(ParameterError, match="nope"):
+        fc.build_series(shop["orders"], group_by="nope")
+    with pytest.raises(NoDataError):
+        fc.build_series(shop["orders"], as_of="2023-01-01")
+    with pytest.raises(ParameterError):
+        fc.build_series(shop["orders"], freq="Q")
+
+
+def test_calendar_features_share_of_days():
+    f = calendar_features(pd.date_range("2024-11-04", periods=2, freq="W-MON"), "W", "cn")
+    # Singles' Day window is Nov 10-11: one day in each week
+    assert f["hol_singles_day"].tolist() == pytest.approx([1 / 7, 1 / 7])
+    d = calendar_features(pd.date_range("2024-12-24", periods=3, freq="D"), "D", "western")
+    assert d["hol_christmas"].tolist() == [1.0, 1.0, 1.0]
+
+
+# -- metrics ---------------------------------------------------------------
+
+def test_mase_hand_computed():
+    # seasonal differences of the training data (m=2): |2-1|, |4-3|, |3-2|, |5-4| -> scale 1
+    train = [1, 3, 2, 4, 3, 5]
+    assert fc.mase([6, 4], [5, 6], train, 2) == pytest.approx((1 + 2) / 2)
+    # m=1: naive differences 2,1,2,1,2 -> scale 8/5; errors 1,2 -> MASE 1.5 / 1.6
+    assert fc.mase([6, 4], [5, 6], train, 1) == pytest.approx(1.5 / 1.6)
+    # panel: one MASE per row
+    out = fc.mase(np.array([[6, 4], [6, 4]]), np.array([[5, 6], [6, 4]]), np.array([train, train]), 2)
+    assert out.tolist() == pytest.approx([1.5, 0.0])
+
+
+def test_mase_scale_never_zero():
+    assert fc.insample_scale([5, 5, 5, 5], 2) == pytest.approx(5.0)   # falls back to the level
+    assert fc.insample_scale([0, 0, 0], 1) == 1.0
+
+
+def test_smape_hand_computed():
+    # 200/2 * (|100-50| / 150 + 0) = 33.33...; 0/0 counts as a perfect forecast
+    assert fc.smape([100, 0], [50, 0]) == pytest.approx(100 / 3)
+    assert fc.smape([10], [0]) == pytest.approx(200.0)
+
+
+def test_conformal_quantile_rank():
+    r = np.arange(1, 10, dtype=float)[:, None]           # 9 errors at one step
+    # ceil((9 + 1) * 0.8) = 8th smallest
+    assert fc.conformal_quantiles(r, 0.8, smooth=0).tolist() == [8.0]
+
+
+# -- models ----------------------------------------------------------------
+
+def test_naive_and_seasonal_naive_are_exact():
+    y = np.array([[1.0, 5.0, 2.0, 6.0, 3.0, 7.0, 4.0]])
+    assert fc.NaiveForecaster().fit(y).predict(3).tolist() == [[4.0, 4.0, 4.0]]
+    sn = fc.SeasonalNaiveForecaster(season_length=3).fit(y).predict(5)
+    assert sn.tolist() == [[3.0, 7.0, 4.0, 3.0, 7.0]]
+    # shorter than a season: the naive forecast
+    assert fc.SeasonalNaiveForecaster(season_length=12).fit(y).predict(2).tolist() == [[4.0, 4.0]]
+    assert fc.MovingAverageForecaster(window=2).fit(y).predict(1).tolist() == [[5.5]]
+
+
+def _seasonal_monthly(T=96, seed=0, amp=30.0, noise=3.0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)
+    return 200 + 0.5 * t + amp * np.sin(2 * np.pi * t / 12) + rng.normal(0, noise, T)
+
+
+def test_ets_chooses_season_only_when_there_is_one():
+    rng = np.random.default_rng(3)
+    Y = np.stack([_seasonal_monthly(seed=1), 200 + rng.normal(0, 10, 96)])
+    ets = fc.ETSForecaster().fit(Y, freq="M")
+    assert ets.forms_[0].endswith(",A")     # seasonal
+    assert ets.forms_[1] == "A,N,N"         # white noise: no trend, no season
+    out = ets.forecast(6)
+    assert np.all(out[80][0] < out["mean"]) and np.all(out["mean"] < out[80][1])
+    assert np.all(out[95][1] - out[95][0] > out[80][1] - out[80][0])
+
+
+@pytest.mark.parametrize("init", ["heuristic", "simple"])
+def test_fast_holt_winters_matches_statsmodels(init):
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    Y = np.stack([_seasonal_monthly(seed=s) for s in range(3)])
+    a, b, g, phi = 0.35, 0.02, 0.15, 0.98
+    grid = {"alpha": (a,), "beta": (b,), "gamma": (g,), "phi": (phi,)}
+    ours = fc.HoltWintersForecaster(grid=grid, initialization_method=init).fit(Y, freq="M")
+    mine = ours.predict(24)
+    for i, y in enumerate(Y):
+        start = {"initialization_method": init}
+        if init == "simple":   # statsmodels 0.15 keeps the simple rule as a helper only
+            from statsmodels.tsa.exponential_smoothing.initialization import _initialization_simple
+            lv, tr, se = _initialization_simple(y, trend="add", seasonal="add", seasonal_periods=12)
+            start = {"initialization_method": "known", "initial_level": lv, "initial_trend": tr,
+                     "initial_seasonal": se}
+        ref = ExponentialSmoothing(y, trend="add", damped_trend=True, seasonal="add",
+                                   seasonal_periods=12, **start).fit(
+            smoothing_level=a, smoothing_trend=b, smoothing_seasonal=g, damping_trend=phi,
+            optimized=False)
+        assert ours.sse_[i] == pytest.approx(ref.sse, rel=1e-8)
+        # statsmodels' forecast at steps m, 2m, ... reuses the seasonal state from
+        # before the last observation; ours uses the updated one, as the textbook
+        # formula s_{T+h-m(k+1)} does. Every other step agrees exactly.
+        other = np.arange(24) % 12 != 11
+        np.testing.assert_allclose(mine[i, other], np.asarray(ref.forecast(24))[other], rtol=1e-8)
+        damp = np.cumsum(phi ** np.arange(1, 13))[-1]
+        expect = ref.level[-1] + damp * ref.trend[-1] + ref.season[-1]
+        assert mine[i, 11] == pytest.approx(expect, rel=1e-8)
+
+
+def test_fast_holt_winters_grid_close_to_statsmodels_optimum():
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    y = _seasonal_monthly(T=120, seed=7)
+    train, test = y[:108], y[108:]
+    ours = fc.HoltWintersForecaster().fit(train[None], freq="M")
+    ref = ExponentialSmoothing(train, trend="add", damped_trend=True, seasonal="add",
+                               seasonal_periods=12, initialization_method="heuristic").fit()
+    # the coarse grid's in-sample fit is within 10% of the optimiser's
+    assert ours.sse_[0] <= 1.10 * ref.sse
+    m_ours = fc.mase(test, ours.predict(12)[0], train, 12)
+    m_ref = fc.mase(test, ref.forecast(12), train, 12)
+    assert m_ours <= m_ref + 0.15
+
+
+def test_sarimax_recovers_planted_holiday_effect():
+    rng = np.random.default_rng(11)
+    T = 208
+    periods = pd.date_range("2021-01-04", periods=T, freq="W-MON")
+    hol = calendar_features(periods, "W", "cn")
+    t = np.arange(T)
+    y = (1000 + 2 * t + 80 * np.sin(2 * np.pi * t / 52.18) + 600 * hol["hol_singles_day"].to_numpy()
+         + rng.normal(0, 15, T))
+    model = fc.SarimaxForecaster(calendar="cn", orders=((1, 0, 0),)).fit(y[None], periods, freq="W")
+    coef = model.fit_coefficients()[0]
+    assert coef["hol_singles_day"] == pytest.approx(600, rel=0.15)
+    assert model.pvalues_[0]["hol_singles_day"] < 0.01
+    # a holiday that was not planted is not found
+    assert abs(coef["hol_double_12"]) < 150
+
+
+def test_gradient_boosting_is_seeded_and_learns_the_season():
+    panel = fc.to_panel(weekly_panel(n_groups=6, T=160, seed=2))
+    Y, periods = panel["Y"], panel["periods"]
+    a = fc.GradientBoostingForecaster(random_state=1, max_iter=60).fit(Y[:, :148], periods[:148], freq="W")
+    b = fc.GradientBoostingForecaster(random_state=1, max_iter=60).fit(Y[:, :148], periods[:148], freq="W")
+    pa = a.predict(12)
+    np.testing.assert_array_equal(pa, b.predict(12))
+    gb = fc.mase(Y[:, 148:], pa, Y[:, :148], 52).mean()
+    naive = fc.mase(Y[:, 148:], np.repeat(Y[:, 147:148], 12, 1), Y[:, :148], 52).mean()
+    assert gb < naive
+
+
+# -- backtest, selection, holdout, reconciliation -----------------------------
+
+FAST = ("naive", "seasonal_naive", "moving_average", "holt_winters")
+
+
+def test_rolling_origins():
+    assert fc.rolling_origins(100, 12, 4, 12, 40) == [52, 64, 76, 88]
+    assert fc.rolling_origins(100, 12, 4, 12, 60) == [64, 76, 88]
+
+
+def test_backtest_never_uses_data_after_its_origin(spy):
+    s = weekly_panel(n_groups=2, T=160)
+    fc.forecast(s, freq="W", horizon=8, n_origins=3, fast_models=("spy",), detailed_models=())
+    res_origins = fc.rolling_origins(160, 8, 3, 8, 2 * 52 + 2)
+    seen_lengths = [Y.shape[1] for Y, _ in spy.seen]
+    assert seen_lengths == res_origins + [160]       # three origins, then the final fit
+    for Y, per in spy.seen:
+        assert per[-1] == pd.Timestamp("2021-01-04") + pd.Timedelta(weeks=Y.shape[1] - 1)
+
+
+def test_backtest_forecasts_do_not_change_when_the_future_does():
+    """Replace everything after the first origin's window with junk: the first
+    origin's backtest forecasts of every model (including the global boosting
+    model) must not move."""
+    s = weekly_panel(n_groups=3, T=150, seed=4)
+    h, origins = 6, fc.rolling_origins(150, 6, 3, 6, 106)
+    cut = s["period"].sort_values().unique()[origins[0]]
+    junk = s.copy()
+    late = junk["period"] >= cut
+    junk.loc[late, "revenue"] = 1e6 * np.random.default_rng(0).random(late.sum())
+    kw = dict(freq="W", horizon=h, n_origins=3, fast_models=FAST + ("gradient_boosting",),
+              detailed_models=(), ensemble_size=0)
+    a, b = fc.forecast(s, **kw), fc.forecast(junk, **kw)
+    first = lambda r: r.backtest_frame[r.backtest_frame["period"].between(  # noqa: E731
+        cut, cut + pd.Timedelta(weeks=h - 1))].sort_values(["model", "group", "period"])
+    np.testing.assert_allclose(first(a)["yhat"].to_numpy(), first(b)["yhat"].to_numpy())
+
+
+def test_holdout_never_reaches_the_fitting(spy):
+    s = weekly_panel(n_groups=2, T=160)
+    last8 = s["period"] >= s["period"].sort_values().unique()[152]
+    s.loc[last8, "revenue"] = 7.777e7      # a marker no model may see
+    res = fc.forecast(s, freq="W", horizon=8, holdout=8, n_origins=3,
+                      fast_models=("spy", "seasonal_naive"), detailed_models=())
+    assert spy.seen and all(Y.shape[1] <= 152 for Y, _ in spy.seen)
+    assert all(not np.isclose(Y, 7.777e7).any() for Y, _ in spy.seen)
+    hold = res.backtest_frame[res.backtest_frame["model"] == "holdout"]
+    assert len(hold) == 8 * 3 and (hold["actual"] > 7e7).all()      # total + 2 groups
+    assert set(res.holdout_scores["group"]) == {"total", "g0", "g1"}
+    # the forecast starts after the training data and runs holdout + horizon periods
+    f = res.forecast_frame[res.forecast_frame["group"] == "total"]
+    assert len(f) == 16 and f["period"].min() == s["period"].sort_values().unique()[152]
+
+
+def test_bottom_up_and_top_down_add_up():
+    s = weekly_panel(n_groups=5, T=150)
+    kw = dict(freq="W", horizon=6, n_origins=2, fast_models=FAST, detailed_models=())
+    for how in ("bottom_up", "top_down"):
+        res = fc.forecast(s, reconcile=how, **kw)
+        f = res.forecast_frame.pivot(index="period", columns="group", values="yhat")
+        groups = [g for g in f.columns if g != "total"]
+        np.testing.assert_allclose(f[groups].sum(axis=1), f["total"], rtol=1e-12)
+    assert (res.forecast_frame[["lo80", "lo95"]].to_numpy() <= res.forecast_frame[["yhat"]].to_numpy()).all()
+
+
+def test_selection_scores_exports_and_metrics():
+    s = weekly_panel(n_groups=3, T=170, seed=5)
+    res = fc.forecast(s, freq="W", horizon=8, holdout=4, n_origins=3,
+                      fast_models=FAST, detailed_models=())
+    table = res.score_table()
+    assert set(table["model"]) >= set(FAST)
+    assert table["mase"].is_monotonic_increasing
+    chosen = table[table["chosen"]]
+    assert len(chosen) == 1 and chosen["mase"].iloc[0] == table["mase"].min()
+    # on clean seasonal data Holt-Winters beats every naive rule
+    assert table.iloc[0]["model"] in ("holt_winters", "ensemble")
+    ex = fc.exports(res)
+    assert list(ex["forecast"].columns) == ["group", "period", "model", "yhat", "lo80", "hi80",
+                                            "lo95", "hi95"]
+    assert list(ex["backtest"].columns) == ["group", "period", "actual", "yhat", "model"]
+    assert set(ex["forecast"]["group"]) == {"total", "g0", "g1", "g2"}
+    m = fc.forecast_metrics(res)
+    for key in ("model", "backtest_mase", "backtest_smape", "seasonal_naive_mase",
+                "holdout_mase", "holdout_smape", "coverage_80", "coverage_95"):
+        assert key in m
+    assert set(m["model_by_group"]) == {"g0", "g1", "g2"}
+    assert m["backtest_mase"] < m["seasonal_naive_mase"]
+    hist = res.history("g1")
+    assert set(hist["part"]) == {"train", "holdout", "forecast"}
+    # the horizon's total: the future part only (after the holdout), inside its range
+    tot = res.totals["total"]
+    future = res.forecast_frame[(res.forecast_frame["group"] == "total")
+                                & (res.forecast_frame["period"] > s["period"].max())]
+    assert tot["yhat"] == pytest.approx(future["yhat"].sum())
+    assert tot["lo95"] <= tot["lo80"] <= tot["yhat"] <= tot["hi80"] <= tot["hi95"]
+    assert m["forecast_total"] == pytest.approx(tot["yhat"])
+
+
+def test_ensemble_kept_only_when_it_wins():
+    s = weekly_panel(n_groups=3, T=170, seed=6, noise=0.15)
+    res = fc.forecast(s, freq="W", horizon=8, n_origins=3, fast_models=FAST, detailed_models=())
+    for g, model in res.chosen.items():
+        row = res.scores[res.scores["group"] == g].set_index("model")["mase"]
+        if model == "ensemble":
+            assert row["ensemble"] < row.drop("ensemble").min()
+        else:
+            assert row[model] == row.drop("ensemble", errors="ignore").min()
+
+
+def test_conformal_interval_coverage_near_nominal_on_gaussian_ar():
+    """60 Gaussian AR(1) series: the leave-one-origin-out coverage of the
+    conformal intervals is near the nominal level."""
+    rng = np.random.default_rng(8)
+    n, T = 60, 120
+    e = rng.normal(0, 10, (n, T))
+    y = np.zeros((n, T))
+    for t in range(1, T):
+        y[:, t] = 0.6 * y[:, t - 1] + e[:, t]
+    periods = pd.date_range("2010-01-01", periods=T, freq="MS")
+    s = pd.DataFrame({"group": np.repeat([f"s{i:02d}" for i in range(n)], T),
+                      "period": np.tile(periods, n), "revenue": (500 + y).ravel()})
+    res = fc.forecast(s, freq="M", horizon=6, n_origins=6, fast_models=("moving_average",),
+                      detailed_models=(), ensemble_size=0, reconcile="none")
+    sc = res.scores[(res.scores["group"] != "total")]
+    assert sc["coverage_80"].mean() == pytest.approx(0.80, abs=0.05)
+    assert sc["coverage_95"].mean() == pytest.approx(0.95, abs=0.035)
+
+
+@pytest.mark.slow
+def test_model_interval_coverage_near_nominal_on_gaussian_ar():
+    """The regression-with-AR-errors model's own intervals on AR(1) data."""
+    rng = np.random.default_rng(9)
+    n, T, h = 24, 100, 4
+    hits80, hits95 = [], []
+    periods = pd.date_range("2010-01-01", periods=T, freq="MS")
+    Y = np.zeros((n, T))
+    for t in range(1, T):
+        Y[:, t] = 0.5 * Y[:, t - 1] + rng.normal(0, 5, n)
+    Y += 100
+    model = fc.SarimaxForecaster(calendar="none", orders=((1, 0, 0),), exog_names=())
+    model.fit(Y[:, :T - h], periods[:T - h], freq="M")
+    out = model.forecast(h)
+    hits80 = (Y[:, T - h:] >= out[80][0]) & (Y[:, T - h:] <= out[80][1])
+    hits95 = (Y[:, T - h:] >= out[95][0]) & (Y[:, T - h:] <= out[95][1])
+    assert hits80.mean() == pytest.approx(0.80, abs=0.12)
+    assert hits95.mean() == pytest.approx(0.95, abs=0.07)
+
+
+@pytest.mark.slow
+def test_full_model_set_beats_seasonal_naive_with_calibrated_intervals():
+    """Every model on one seasonal series with planted holidays and promotions."""
+    rng = np.random.default_rng(12)
+    T = 190
+    periods = pd.date_range("2022-01-03", periods=T, freq="W-MON")
+    hol = calendar_features(periods, "W", "cn")
+    t = np.arange(T)
+    promo = rng.uniform(0, 0.2, T)
+    y = ((5000 + 15 * t) * (1 + 0.2 * np.sin(2 * np.pi * t / 52.18))
+         + 3000 * hol["hol_singles_day"].to_numpy() + 4000 * promo + rng.normal(0, 150, T))
+    s = pd.DataFrame({"group": "total", "period": periods, "revenue": y, "discount_share": promo,
+                      "group_customers": 1000})
+    res = fc.forecast(s, freq="W", horizon=12, holdout=6, n_origins=4)
+    m = fc.forecast_metrics(res)
+    assert set(res.score_table()["model"]) >= set(fc.FAST_MODELS) | set(fc.DETAILED_MODELS)
+    assert m["backtest_mase"] <= 0.8 * m["seasonal_naive_mase"]
+    assert m["holdout_mase"] < 1.0
+    assert 0.6 <= m["coverage_80"] <= 1.0
+    eff = res.effects.set_index("regressor")
+    assert eff.loc["hol_singles_day", "effect"] == pytest.approx(3000, rel=0.35)
+    sentences = fc.findings(res)
+    assert 3 <= len(sentences) <= 5
+
+
+def test_too_short_series_is_a_clear_error():
+    s = weekly_panel(n_groups=1, T=14)
+    with pytest.raises(NoDataError, match="too few"):
+        fc.forecast(s, freq="W", horizon=12, fast_models=FAST, detailed_models=())
+    with pytest.raises(ParameterError):
+        fc.forecast(s, fast_models=("crystal_ball",), detailed_models=())
+
+
+# -- elasticity and scenarios -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def price_world(con):
+    """40 products x 104 weeks: list prices drift, order discounts vary, and
+    demand has a planted elasticity of -1.5 and a yearly season."""
+    rng = np.random.default_rng(21)
+    n_prod, T = 40, 104
+    weeks = pd.date_range("2023-01-02", periods=T, freq="W-MON")
+    base_price = rng.uniform(10, 200, n_prod)
+    appeal = rng.uniform(3.5, 5.0, n_prod)
+    rows = []
+    for i in range(n_prod):
+        lp = np.log(base_price[i]) + np.cumsum(rng.normal(0, 0.04, T))
+        d = rng.choice([0.0, 0.1, 0.2], T)
+        price = np.exp(lp) * (1 - d)
+        mu = appeal[i] - 1.5 * (np.log(price) - np.log(base_price[i])) \
+            + 0.3 * np.sin(2 * np.pi * np.arange(T) / 52) + rng.normal(0, 0.15, T)
+        q = np.maximum(1, np.round(np.exp(mu)))
+        rows.append(pd.DataFrame({"product_id": i, "week": weeks, "q": q, "list": np.exp(lp), "d": d}))
+    d = pd.concat(rows, ignore_index=True)
+    d["order_id"] = np.arange(len(d))
+    orders = pd.DataFrame({"order_id": d["order_id"], "customer_id": d["order_id"] % 97,
+                           "order_date": d["week"] + pd.Timedelta(days=2),
+                           "amount": d["q"] * d["list"] * (1 - d["d"]),
+                           "discount": d["q"] * d["list"] * d["d"]})
+    lines = pd.DataFrame({"order_id": d["order_id"], "product_id": d["product_id"],
+                          "quantity": d["q"].astype(int), "unit_price": d["list"]})
+    return (con.create_table("e_orders", orders, overwrite=True),
+            con.create_table("e_lines", lines, overwrite=True))
+
+
+def test_price_panel_uses_the_paid_price(price_world):
+    orders, lines = price_world
+    panel = fc.price_panel(lines, orders, freq="W")
+    assert len(panel) == 40 * 104
+    # paid price = list x (1 - discount rate), so discount_share is the rate
+    np.testing.assert_allclose(np.sort(panel["discount_share"].round(9).unique()), [0.0, 0.1, 0.2],
+                               atol=1e-9)
+    assert (panel["price"] > 0).all() and (panel["quantity"] >= 1).all()
+
+
+def test_elasticity_recovers_planted_value(price_world):
+    orders, lines = price_world
+    el = fc.price_elasticity(fc.price_panel(lines, orders, freq="W"), freq="W", calendar="none")
+    assert el.ci_low < -1.5 < el.ci_high
+    assert el.ci_high - el.ci_low < 0.6
+    assert el.n_units == 40 and el.cov_type == "cluster(product)"
+
+
+def test_price_scenario_arithmetic():
+    f = pd.DataFrame({"group": "total", "period": pd.date_range("2025-01-06", periods=2, freq="W-MON"),
+                      "yhat": [100.0, 100.0], "lo80": [90.0, 90.0], "hi80": [110.0, 110.0]})
+    el = fc.Elasticity(estimate=-1.5, std_error=0.1, ci_low=-1.7, ci_high=-1.3, level=0.95,
+                       n_obs=100, n_units=10, cov_type="HC1", controls=())
+    sc = fc.price_scenario(f, el, -0.10)
+    # revenue scales by 0.9 ** (1 - 1.5) = 1.0541
+    assert sc["impact"] == pytest.approx(200 * (0.9 ** -0.5 - 1))
+    assert sc["impact_low"] <= sc["impact"] <= sc["impact_high"]
+    assert sc["quantity_change_pct"] == pytest.approx(100 * (0.9 ** -1.5 - 1))
+    with pytest.raises(ParameterError):
+        fc.price_scenario(f, el, -1.0)
+
+
+def test_scenario_text_refuses_a_positive_elasticity():
+    s = weekly_panel(n_groups=1, T=150)
+    res = fc.forecast(s, freq="W", horizon=6, n_origins=2, fast_models=FAST, detailed_models=())
+    el = fc.Elasticity(estimate=0.5, std_error=0.05, ci_low=0.4, ci_high=0.6, level=0.95,
+                       n_obs=100, n_units=10, cov_type="HC1", controls=())
+    sc = fc.price_scenario(res, el, -0.10)
+    assert "rising with price" in fc.explain(res, "scenario", elasticity=el, scenario=sc)
+    assert not any("price" in x for x in fc.findings(res, elasticity=el, scenario=sc))
+
+
+# -- narrative -------------------------------------------------------------
+
+def test_findings_name_numbers_and_hide_small_groups():
+    s = weekly_panel(n_groups=4, T=170, seed=9, sizes={3: 4})
+    # the tiny group grows fastest; it must not be named
+    late = (s["group"] == "g3") & (s["period"] >= s["period"].sort_values().unique()[120])
+    s.loc[late, "revenue"] *= 3
+    res = fc.forecast(s, freq="W", horizon=8, holdout=4, n_origins=3, fast_models=FAST,
+                      detailed_models=())
+    out = fc.findings(res)
+    assert 3 <= len(out) <= 5
+    assert all(any(ch.isdigit() for ch in sentence) for sentence in out)
+    assert not any("g3" in sentence for sentence in out)
+    assert "g3" not in set(fc.group_table(res)["group"])
+    for section in ("models", "forecast", "groups", "holdout", "scenario"):
+        assert len(fc.explain(res, section)) > 40
