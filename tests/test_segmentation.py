@@ -139,12 +139,14 @@ def test_rfm_values_by_hand(tiny):
     got = seg.rfm_table(orders, AS_OF).to_pandas().set_index("customer_id").sort_index()
     assert got.index.tolist() == [1, 2, 3]                      # c4 only cancelled
     assert got["recency"].tolist() == [181, 60, 0]
-    assert got["frequency"].tolist() == [1, 2, 1]                # distinct purchase days
-    assert got["n_orders"].tolist() == [2, 2, 1]
+    assert got["frequency"].tolist() == [2, 2, 1]                # paid orders
+    assert got["n_orders"].tolist() == [2, 2, 1] and "n_days" not in got.columns
     assert got["monetary"].tolist() == [30.0, 105.0, 7.0]        # refund and post-as_of order left out
     assert got["tenure"].tolist() == [181, 150, 0]
-    by_orders = seg.rfm_table(orders, AS_OF, frequency="orders").to_pandas().set_index("customer_id")
-    assert by_orders.loc[1, "frequency"] == 2
+    by_days = seg.rfm_table(orders, AS_OF, frequency="days").to_pandas().set_index("customer_id").sort_index()
+    assert by_days["frequency"].tolist() == [1, 2, 1] == by_days["n_days"].tolist()   # distinct purchase days
+    with pytest.raises(ParameterError, match="frequency"):
+        seg.rfm_table(orders, AS_OF, frequency="visits")
     everything = seg.rfm_table(orders, AS_OF, paid_statuses=None).to_pandas().set_index("customer_id")
     assert everything.loc[2, "monetary"] == 110.0 and 4 in everything.index
 
@@ -185,7 +187,7 @@ def test_engine_aggregation_equals_pandas(world):
     g = o.groupby("customer_id")
     expect = pd.DataFrame({
         "recency": (as_of - g.order_date.max().dt.normalize()).dt.days,
-        "frequency": g.order_date.apply(lambda s: s.dt.normalize().nunique()),
+        "frequency": g.size(),
         "monetary": g.amount.sum(),
         "n_orders": g.size(),
         "tenure": (as_of - g.order_date.min().dt.normalize()).dt.days,
@@ -203,6 +205,10 @@ def test_engine_aggregation_equals_pandas(world):
         np.testing.assert_allclose(cust[f"cat_{c}"].sort_index(), cat[c].sort_index())
     disc = g.discount.sum() / (g.amount.sum() + g.discount.sum())
     np.testing.assert_allclose(cust["discount_share"].sort_index(), disc.sort_index())
+    days = seg.customer_table(tables["orders"], "2024-09-30", frequency="days").set_index("customer_id")
+    by_day = g.order_date.apply(lambda s: s.dt.normalize().nunique())
+    assert (days["frequency"].sort_index() == by_day.sort_index()).all()
+    assert (days["frequency"] <= days["n_orders"]).all() and (days["frequency"] < days["n_orders"]).any()
 
 
 # --------------------------------------------------------------------------
@@ -504,6 +510,7 @@ def test_drill_down_counts_and_small_selection(people):
     assert res["customers"].customer_id.tolist()[0] == 6         # largest spend first
     small = seg.drill_down(people, 'region == "West"', min_size=3)
     assert small["count"] == 1 and small["profile"] is None and "not shown" in small["text"]
+    assert small["customers"].empty                              # no list of a group under min_size
     banded = seg.drill_down(people, 'age_band == "35-44"', min_size=1)
     assert sorted(banded["customers"].customer_id) == [1, 3]
 
@@ -524,7 +531,10 @@ def test_transition_matrix_sums_and_sentences():
     assert np.allclose(res["shares"].sum(axis=1), 1)
     assert res["stayed_share"] == pytest.approx(40 / 90)           # 20 loyal + 20 new of 90 in both
     assert "30 customers (50% of last run's loyal) moved from loyal to at risk" in res["sentences"][1]
-    assert res["table"].loc["loyal", "at risk"] == "30 (50%)"
+    assert res["table"].loc["loyal", "at risk"] == "30 (50%)" and res["table"].loc["new", "at risk"] == "\u2013"
+    assert "slipped from loyal to at risk" in res["text"]
+    back = seg.transitions(cur, prev, order=["loyal", "new", "at risk"], min_size=10)
+    assert "slipped" not in back["text"]                          # at risk -> loyal is no slip
 
 
 # --------------------------------------------------------------------------
@@ -604,27 +614,6 @@ def test_customer_table_same_on_postgres(pg_url, world):
         pg.drop_table(name)
 
 
-@pytest.mark.slow
-def test_synthetic_world_clusters_and_holdout(tmp_path_factory):
-    """On the generator's small world (2,000 customers, five planted segments
-    that differ in what, where and how much they buy), clustering recovers the
-    segments and RFM ranks future spend."""
-    synthetic = pytest.importorskip("crmlab.synthetic")
-    sources = pytest.importorskip("crmlab.sources")
-    world = synthetic.generate("small", out=tmp_path_factory.mktemp("seg") / "small")
-    data = sources.open_source(str(world))
-    tables = seg.dataset_tables(data)
-    cust = seg.customer_table(**tables)
-    clustered, model = seg.cluster_customers(seg.score_rfm(cust), random_state=42)
-    truth = pd.read_parquet(data.truth / "customers.parquet").set_index("customer_id")["segment"]
-    planted = truth.reindex(clustered.customer_id).to_numpy()
-    known = pd.notna(planted)
-    assert model.k_ == truth.nunique()
-    assert adjusted_rand_score(planted[known], clustered.cluster_id[known]) >= 0.7
-    as_of = dt.date.fromisoformat(cust.attrs["as_of"]) - dt.timedelta(days=180)
-    assert seg.rfm_holdout_check(tables["orders"], as_of, 180)["spearman"] > 0.3
-
-
 def test_orders_only_still_segments(con, world):
     """Only the required columns: RFM, segments and a clustering on spend
     and timing still work; nothing optional is invented."""
@@ -639,3 +628,189 @@ def test_orders_only_still_segments(con, world):
     assert clustered["cluster"].notna().all() and model.k_ in (2, 3, 4)
     prof = seg.segment_profiles(clustered, by="segment")
     assert "channels" not in prof["table"].columns and prof["table"]["customers"].sum() <= len(clustered)
+
+
+# --------------------------------------------------------------------------
+# speed-ups that must not change a number
+# --------------------------------------------------------------------------
+
+def test_silhouette_and_rand_index_equal_scikit_learn():
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(c, 1.0, size=(60, 3)) for c in (0, 4, 8)])
+    D = pairwise_distances(X)
+    for labels in (np.repeat([0, 1, 2], 60), rng.integers(0, 4, 180)):
+        labels = labels.copy()
+        labels[0] = 9                                            # a cluster of one scores 0
+        assert seg.silhouette_from_distances(D, labels) == pytest.approx(silhouette_score(X, labels))
+        other = rng.integers(0, 5, 180)
+        assert seg.adjusted_rand(labels, other) == pytest.approx(adjusted_rand_score(labels, other))
+    assert np.isnan(seg.silhouette_from_distances(D, np.zeros(180)))
+    assert seg.adjusted_rand([1, 1, 2, 2], ["b", "b", "a", "a"]) == 1.0
+
+
+def test_dirty_spellings_count_as_their_level(con):
+    """Raw statuses and channels as exports write them (' PAID', 'App ',
+    empty) are compared cleaned; categories likewise."""
+    orders = pd.DataFrame({
+        "order_id": [1, 2, 3, 4, 5, 6],
+        "customer_id": [1, 1, 1, 2, 2, 2],
+        "order_date": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-01", "2024-01-02",
+                                      "2024-01-03"]),
+        "amount": [10.0, 20, 30, 40, 50, 60],
+        "status": [" PAID", "Paid", "refunded", "", None, "Cancelled "],
+        "channel": ["App ", "app", "web", "WEB", None, "app"],
+    })
+    lines = pd.DataFrame({"order_id": [1, 2, 4, 5], "product_id": [1, 2, 3, 4],
+                          "category": ["Home ", "home", "toys", "TOYS"], "quantity": [1, 1, 1, 1],
+                          "unit_price": [10.0, 20, 40, 50]})
+    cust = seg.customer_table(con.create_table("dirty_orders", orders, overwrite=True), "2024-06-30",
+                              order_lines=con.create_table("dirty_lines", lines, overwrite=True))
+    c1, c2 = cust.iloc[0], cust.iloc[1]
+    assert (c1.n_orders, c1.monetary, c2.n_orders, c2.monetary) == (2, 30, 2, 90)   # paid, empty and null count
+    assert (c1.ch_app, c1.ch_web) == (1.0, 0.0)                   # ' App' and 'app' are one channel
+    assert (c2.ch_app, c2.ch_web) == (0.0, 1.0)                   # a missing channel is not a level
+    assert (c1.cat_home, c2.cat_toys) == (1.0, 1.0)
+    assert (c1.main_channel, c2.main_category) == ("app", "toys")
+
+
+def test_snapshot_dates_and_the_holdout_snapshot(tiny):
+    orders, _, _ = tiny
+    dates = seg.order_dates(orders, "")
+    assert dates == {"as_of": dt.date(2024, 7, 2), "first": dt.date(2024, 1, 1), "latest": dt.date(2024, 7, 2)}
+    assert seg.order_dates(orders, "2024-03-31")["as_of"] == dt.date(2024, 3, 31)
+    d = {"as_of": dt.date(2025, 1, 1), "first": dt.date(2023, 1, 1), "latest": dt.date(2026, 6, 30)}
+    assert seg.holdout_snapshot(d, 180) == dt.date(2025, 1, 1)               # the data covers the holdout
+    d["as_of"] = dt.date(2026, 6, 1)
+    assert seg.holdout_snapshot(d, 180) == dt.date(2026, 6, 30) - dt.timedelta(days=180)
+    d["first"] = dt.date(2025, 12, 1)
+    assert seg.holdout_snapshot(d, 180) is None                              # too little history before it
+    with pytest.raises(ParameterError, match="holdout_days"):
+        seg.holdout_snapshot(d, 0)
+
+
+def test_holdout_check_on_a_sample_of_customers(world):
+    tables, *_ = world
+    full = seg.rfm_holdout_check(tables["orders"], "2024-06-30", 180)
+    part = seg.rfm_holdout_check(tables["orders"], "2024-06-30", 180, n_customers=600, max_customers=200)
+    assert full["sampled_one_in"] == 1 and part["sampled_one_in"] == 3
+    assert 0.2 * full["n_customers"] < part["n_customers"] < 0.5 * full["n_customers"]
+    assert part["spearman"] == pytest.approx(full["spearman"], abs=0.15)
+    assert "one in 3" in part["text"]
+    again = seg.rfm_holdout_check(tables["orders"], "2024-06-30", 180, n_customers=600, max_customers=200)
+    assert again["n_customers"] == part["n_customers"]                    # the same sample every run
+
+
+# --------------------------------------------------------------------------
+# the page: tables, inputs, charts, the previous run, metric cards
+# --------------------------------------------------------------------------
+
+def test_page_table_headings_formats_and_small_groups():
+    t = pd.DataFrame({"customers": [120, 4], "share_revenue": [0.9, 0.1], "email": ["a@b.cn", "c@d.cn"],
+                      "customer_id": [100001, 100002]}, index=pd.Index(["loyal", "new"], name="segment"))
+    shown = seg.page_table(t, columns=["segment", "customer_id", "customers", "share_revenue", "email", "nope"])
+    frame, opts = shown["table"], shown["table_options"]
+    assert list(frame.columns) == ["Segment", "Customer", "Customers", "Share of revenue", "email"]
+    assert opts["formats"]["Share of revenue"] == "{:.1%}" and opts["formats"]["Customer"] == "{}"
+    assert opts["count_col"] == "Customers" and opts["min_size"] == 10     # small groups merged on the page
+    assert seg.page_table(None) == {"table": None}
+    from crmlab.report import table_html
+    html = table_html(frame, **opts)
+    assert "100001" in html and "100,001" not in html and "a@b.cn" not in html and "new" not in html
+
+
+def test_missing_inputs_name_the_source_columns(world_cust):
+    assert seg.missing_inputs(world_cust, ["categories", "channels", "age", "region"]) == []
+    bare = world_cust[["customer_id", "recency", "frequency", "monetary", "n_orders", "tenure", "aov"]]
+    assert seg.missing_inputs(bare, ["categories", "channels", "satisfaction"]) == [
+        "order_lines.category", "orders.channel", "tickets.satisfaction"]
+    assert seg.clustering_note(world_cust) is None
+    assert "order_lines.category" in seg.clustering_note(bare)
+
+
+def test_segment_map_table_states_every_rule():
+    rules = seg.load_rules()
+    table = seg.segment_map_table(rules)
+    assert table["segment"].tolist() == [r["name"] for r in rules["segments"]]
+    champions = table.set_index("segment").loc["champions"]
+    assert champions["rule"] == "recency score 4\u20135, frequency score 4\u20135, spend score 4\u20135"
+    assert champions["label"] == "core customers"
+    assert table.set_index("segment").loc["lost", "rule"] == "everyone not matched above"
+    assert seg.rule_text({"name": "x", "f": [1, 1], "fm": [3, 5]}) == (
+        "frequency score 1, frequency and spend (mean) score 3\u20135")
+
+
+def test_segment_map_path_relative_to_the_project(tmp_path, monkeypatch):
+    (tmp_path / "parameters").mkdir()
+    (tmp_path / "parameters" / "map.yaml").write_text("rfm_score_weights: {r: 2}\n", encoding="utf-8")
+    monkeypatch.setenv("CRMLAB_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert seg.load_rules("parameters/map.yaml")["rfm_score_weights"] == {"r": 2, "f": 1, "m": 1}
+    with pytest.raises(ParameterError, match="segment_map"):
+        seg.load_rules("parameters/none.yaml")
+
+
+def test_previous_segments_first_run_other_source_and_ids(tmp_path):
+    assert seg.previous_segments([])["segments"] is None
+    run_dir = tmp_path / "run1"
+    (run_dir / "exports").mkdir(parents=True)
+    pd.DataFrame({"customer_id": [1, 2, 3], "segment": ["loyal", "new", "lost"]}).to_csv(
+        run_dir / "exports" / "segments.csv", index=False)
+    prev = [{"run_id": "run1", "run_dir": run_dir, "finished_at": "2026-06-01T10:00:00",
+             "params": {"source": "/data/a", "as_of": ""}}]
+    other = seg.previous_segments(prev, source="/data/b")
+    assert other["segments"] is None and "another data source" in other["text"]
+    same = seg.previous_segments(prev, source="/data/a")
+    assert same["segments"]["customer_id"].tolist() == ["1", "2", "3"] and "2026-06-01" in same["text"]
+    now = pd.DataFrame({"customer_id": [1, 2, 4], "segment": ["loyal", "loyal", "new"]})   # ids as numbers
+    res = seg.transitions(same["segments"], now, min_size=1)
+    assert res["counts"].loc["loyal", "loyal"] == 1 and res["counts"].loc["new", "loyal"] == 1
+    assert res["counts"].to_numpy().sum() == 4
+    (run_dir / "exports" / "segments.csv").unlink()
+    assert "no segment list" in seg.previous_segments(prev, source="/data/a")["text"]
+
+
+def test_metric_cards_kpis_first_with_labels():
+    cards = seg.metric_cards({"share_loyal": 0.2, "n_customers": 100, "share_champions": 0.1, "gini": 0.5,
+                              "share_tier_vip": 0.1})
+    assert [c["key"] for c in cards if c["kpi"]] == ["n_customers", "share_champions"]
+    by_key = {c["key"]: c for c in cards}
+    assert by_key["share_champions"]["label"] == "Core customers"
+    assert by_key["share_loyal"]["label"] == "Share: loyal" and by_key["share_loyal"]["fmt"] == "{:.1%}"
+    assert by_key["share_tier_vip"]["label"] == "Share: VIP tier"
+
+
+def test_crosstab_blanks_small_cells():
+    cust = pd.DataFrame({"segment": ["loyal"] * 30 + ["new"] * 12 + ["lost"] * 3,
+                         "region": ["East"] * 20 + ["West"] * 10 + ["East"] * 12 + [None] * 3})
+    t = seg.crosstab(cust, "segment", "region", min_size=10, order=["new", "loyal", "lost"])
+    assert t.index.tolist() == ["new", "loyal", "lost"]
+    assert t.loc["loyal", "East"] == 20 and t.loc["new", "East"] == 12
+    assert np.isnan(t.loc["new", "West"]) and np.isnan(t.loc["lost", "unknown"])   # under 10: blank
+
+
+def test_charts_show_what_they_say(world_clustered):
+    import matplotlib
+    matplotlib.use("Agg")
+    clustered, model = world_clustered
+    summary = seg.rfm_summary(clustered, min_size=10)
+    fig = seg.segment_chart(summary, min_size=10)
+    shown = int((summary["table"]["customers"] >= 10).sum())
+    assert len(fig.axes) == 2 and all(len(ax.patches) == shown for ax in fig.axes)
+    fig = seg.k_choice_chart(model)
+    chosen = [line for ax in fig.axes for line in ax.lines if list(line.get_xdata()) == [model.k_, model.k_]]
+    assert len(chosen) == 2                                       # the chosen k marked on both panels
+    prof = seg.segment_profiles(clustered, by="cluster")
+    fig = seg.mix_chart(prof["categories"], max_levels=3)
+    assert len(fig.axes) == len(prof["categories"]) and all(len(ax.patches) == 3 for ax in fig.axes)
+    fig = seg.pareto_chart(seg.concentration(clustered))
+    assert fig.axes[0].lines[0].get_ydata()[-1] == pytest.approx(1.0)
+    holdout = {"table": pd.DataFrame({"customers": [5, 50, 60], "mean_future_spend": [1.0, 2.0, 3.0]},
+                                     index=pd.Index([3, 4, 5], name="rfm_score")),
+               "holdout_start": "2024-01-01", "holdout_end": "2024-06-29"}
+    assert len(seg.holdout_chart(holdout, min_size=10).axes[0].patches) == 2   # the score held by 5 left out
+    # nothing large enough to show: no chart (a tiny source still gets its page)
+    assert seg.segment_chart(summary, min_size=10**6) is None
+    assert seg.holdout_chart(holdout, min_size=100) is None and seg.mix_chart(pd.DataFrame()) is None
+    assert seg.crosstab_chart(seg.crosstab(clustered, "segment", "region", min_size=10**6)) is None

@@ -4,15 +4,21 @@ Every heavy step runs in the engine (ibis: DuckDB by default, PostgreSQL
 too); pandas sees one row per customer. The notebook calls, in order::
 
     tables = dataset_tables(data)                 # orders + the optional tables present
-    cust = customer_table(**tables, as_of=as_of)  # one row per customer (engine-side)
+    dates = order_dates(tables["orders"], as_of)  # snapshot, first and latest order (one query)
+    cust = customer_table(**tables, as_of=dates["as_of"])   # one row per customer (engine-side)
     scored = score_rfm(cust, rules)               # r/f/m scores, rfm_score, segment, tier
     clustered, model = cluster_customers(scored, rules=rules, random_state=seed)
     rfm_summary(...), tier_summary(...), cluster_summary(...), segment_profiles(...),
-    concentration(...), golden_customers(...), drill_down(...), transitions(...),
-    rfm_holdout_check(...), findings(...), metrics(...), segments_export(...)
+    concentration(...), golden_customers(...), drill_down(...), crosstab(...),
+    previous_segments(...), transitions(...), rfm_holdout_check(..., holdout_snapshot(...)),
+    metrics(...), metric_cards(...), findings(...), segments_export(...)
 
-Section functions return small dicts holding a ``table`` ready to show and a
-``text`` paragraph (what it means and what to do) written from the numbers.
+Section functions return small dicts holding a ``table`` and a ``text``
+paragraph (what it means and what to do) written from the numbers;
+:func:`page_table` turns a table into ``Report.section`` keywords (plain
+headings, formats, small groups merged) and the ``*_chart`` functions draw
+with :mod:`crmlab.charts`. ``missing_inputs`` names what a section lacks for
+``Report.not_available``.
 
 Definitions (as of the snapshot date ``as_of``; orders after it are ignored;
 when ``orders.status`` exists only paid orders count -- a refunded or
@@ -21,8 +27,10 @@ cancelled order is not a purchase -- and a missing status counts as paid):
 recency
     days from the last purchase day to ``as_of`` (0 = bought on the as-of day).
 frequency
-    distinct purchase days (same-day orders are one purchase, as in the
-    buy-till-you-die literature); ``frequency="orders"`` counts orders instead.
+    paid orders (the usual count of RFM); ``frequency="days"`` counts
+    distinct purchase days instead (same-day orders are one purchase, as in
+    the buy-till-you-die models of the lifecycle report) -- a distinct count
+    per customer, which costs about half again the engine's time at scale.
 monetary
     total paid revenue (sum of ``amount``, which is after discount).
 scores
@@ -70,7 +78,7 @@ import yaml
 from scipy import stats
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.metrics import pairwise_distances
 from threadpoolctl import threadpool_limits
 
 from crmlab import config
@@ -148,8 +156,10 @@ def load_rules(path: str | Path | Mapping | None = None) -> dict:
         override = dict(path)
     else:
         p = Path(path)
+        if not p.is_absolute() and not p.is_file() and (config.project_root() / p).is_file():
+            p = config.project_root() / p   # relative to the project, as a user types it
         if not p.is_file():
-            raise ParameterError(f"segment map file not found: {p}")
+            raise ParameterError(f"segment map file not found: {p} (parameter segment_map)")
         try:
             override = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -262,9 +272,134 @@ def _purchases(orders: ir.Table, cutoff, *, date_col: str, status_col: str | Non
     if start is not None:
         t = t.filter(t[date_col] > start)
     if status_col and status_col in t.columns and paid_statuses is not None:
-        status = _clean_text(t[status_col])
-        t = t.filter(status.isin([str(s).lower() for s in paid_statuses]) | status.isnull())
+        paid = {str(s).strip().lower() for s in paid_statuses}
+        levels = _raw_levels(orders, status_col)
+        if levels is None:  # free text: compared cleaned, row by row
+            status = _clean_text(t[status_col])
+            t = t.filter(status.isin(sorted(paid)) | status.isnull())
+        else:  # the raw spellings that clean to a paid status (or to nothing)
+            ok = levels["clean"].isna() | levels["clean"].isin(paid)
+            t = t.filter(_isin(t[status_col], levels.loc[ok, "raw"].tolist()))
     return t
+
+
+# the holdout check samples customers beyond this many (rfm_holdout_check)
+HOLDOUT_MAX_CUSTOMERS = 100_000
+
+# more distinct raw values than this: a column is cleaned in the engine row by row
+MAX_RAW_LEVELS = 1000
+
+
+def _clean_value(value) -> str | None:
+    """One categorical value as compared: trimmed, lower case; empty = None
+    (the Python twin of :func:`_clean_text`)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    text = str(value).strip().lower()
+    return text or None
+
+
+# the categorical columns of orders profiled together in one query (their
+# raw values, with order counts and first/last order date per combination)
+PROFILE_COLUMNS: tuple[str, ...] = ("status", "channel")
+_PROFILES: dict = {}
+_PROFILES_KEPT = 8
+
+
+def _orders_profile(orders: ir.Table, date_col: str = "order_date") -> pd.DataFrame | None:
+    """Orders per combination of the raw values of :data:`PROFILE_COLUMNS`,
+    with the first and last order date: ``<cols>, _w, _first, _last``.
+
+    One engine query answers the snapshot dates, the spellings of the
+    statuses and the channel levels, so a report reads the orders once for
+    all three. Cached per table expression (a Dataset opened again, or another
+    file, is another expression). None when the columns hold more than
+    :data:`MAX_RAW_LEVELS` combinations (free text).
+    """
+    cols = tuple(c for c in PROFILE_COLUMNS if c in orders.columns)
+    key = (orders.op(), cols, date_col)
+    if key in _PROFILES:
+        return _PROFILES[key]
+    aggs = dict(_w=orders.count(), _first=orders[date_col].min(), _last=orders[date_col].max())
+    if cols:
+        found = orders.group_by(list(cols)).aggregate(**aggs).limit(MAX_RAW_LEVELS + 1).to_pandas()
+        found = None if len(found) > MAX_RAW_LEVELS else found
+    else:
+        found = orders.aggregate(**aggs).to_pandas()
+    if len(_PROFILES) >= _PROFILES_KEPT:
+        _PROFILES.pop(next(iter(_PROFILES)))
+    _PROFILES[key] = found
+    return found
+
+
+def _raw_levels(t: ir.Table, col: str, weight=None) -> pd.DataFrame | None:
+    """The distinct raw values of a categorical column and their cleaned form.
+
+    A frame ``raw, clean, weight`` (``clean`` is None for missing or empty
+    values; ``weight`` defaults to rows), heaviest first -- from the orders
+    profile when :func:`order_dates` has already made it, else from one
+    cheap group-by on the raw column (no string function per row). None when there are
+    more than :data:`MAX_RAW_LEVELS` raw values (free text), so the caller
+    cleans row by row instead. Comparing raw values with ``isin`` lets the
+    engine use the column's dictionary encoding.
+    """
+    found = None
+    profile = _PROFILES.get((t.op(), tuple(c for c in PROFILE_COLUMNS if c in t.columns), "order_date"))
+    if weight is None and col in PROFILE_COLUMNS and profile is not None:
+        found = profile.groupby(col, dropna=False, sort=False)["_w"].sum().reset_index()
+    if found is None:
+        w = t.count() if weight is None else weight
+        found = (t.group_by(col).aggregate(_w=w).order_by(ibis.desc("_w")).limit(MAX_RAW_LEVELS + 1)
+                 .to_pandas())
+        if len(found) > MAX_RAW_LEVELS:
+            return None
+    found = found.sort_values("_w", ascending=False, kind="stable")
+    raw = found[col].astype(object).where(found[col].notna(), None).tolist()
+    return pd.DataFrame({"raw": pd.Series(raw, dtype=object),
+                         "clean": pd.Series([_clean_value(v) for v in raw], dtype=object),
+                         "weight": pd.to_numeric(found["_w"], errors="coerce").fillna(0.0).to_numpy(float)})
+
+
+def _isin(col: ir.Value, raws: list) -> ir.BooleanValue:
+    """``col`` is one of ``raws``; a None among them matches missing values.
+    The column is referenced once (a typed view's expression is then
+    evaluated once per row)."""
+    values = [r for r in raws if not (r is None or (isinstance(r, float) and math.isnan(r)))]
+    if not values:
+        return col.isnull() if raws else ibis.literal(False)
+    return col.fill_null(values[0]).isin(values) if len(values) < len(raws) else col.isin(values)
+
+
+def _levels(source: ir.Table, col: str, limit: int, *, weight=None,
+            table: ir.Table | None = None) -> tuple[list[str], ir.IntegerValue]:
+    """The ``limit`` heaviest cleaned levels of a column and a per-row code.
+
+    The levels are read from ``source`` (weighted by ``weight``, default
+    rows); the code is an expression on ``table`` (default ``source``).
+    Returns ``(levels, code)``: ``levels`` sorted alphabetically (a stable
+    column order whatever the weights) and an ibis integer expression that
+    is the row's level number (0 .. len(levels) - 1), -1 for another known
+    level, null for a missing value. One code per row, computed once, lets
+    each level's aggregate compare integers instead of text.
+    """
+    table = source if table is None else table
+    raw = _raw_levels(source, col, weight)
+    if raw is None:  # free text: cleaned row by row in the engine
+        w = source.count() if weight is None else weight
+        counts = (source.mutate(_c=_clean_text(source[col])).filter(lambda x: x._c.notnull()).group_by("_c")
+                  .aggregate(_w=w).order_by([ibis.desc("_w"), "_c"]).limit(limit).to_pandas())
+        levels = sorted(str(v) for v in counts["_c"])
+        clean = _clean_text(table[col])
+        code = clean.substitute({v: i for i, v in enumerate(levels)}, else_=ibis.literal(-1, "int64"))
+        return levels, clean.isnull().ifelse(ibis.null("int64"), code)
+    known = raw[raw["clean"].notna()]
+    by_level = known.groupby("clean")["weight"].sum()
+    levels = sorted(sorted(by_level.index, key=lambda v: (-by_level[v], v))[:limit])
+    number = {v: i for i, v in enumerate(levels)}
+    codes = {r: number.get(c, -1) for r, c in zip(known["raw"], known["clean"])}
+    if not codes:
+        return levels, ibis.null("int64")
+    return levels, table[col].substitute(codes, else_=ibis.null("int64")).cast("int64")
 
 
 def _clean_text(col: ir.Value) -> ir.Value:
@@ -273,19 +408,38 @@ def _clean_text(col: ir.Value) -> ir.Value:
     return (value == "").ifelse(ibis.null("string"), value)
 
 
-def _rfm_aggregates(t: ir.Table, *, date_col: str, amount_col: str) -> dict:
-    return dict(
-        first_purchase=t[date_col].min(),
-        last_purchase=t[date_col].max(),
-        n_orders=t[date_col].count(),
-        n_days=t[date_col].date().nunique(),
-        monetary=t[amount_col].sum(),
+def _trim_text(col: ir.Value) -> ir.Value:
+    """Text trimmed, empty = missing (case kept: a region's name reads as written)."""
+    value = col.cast("string").strip()
+    return (value == "").ifelse(ibis.null("string"), value)
+
+
+FREQUENCIES: tuple[str, ...] = ("orders", "days")
+
+
+def _check_frequency(frequency: str) -> None:
+    if frequency not in FREQUENCIES:
+        raise ParameterError(f"frequency must be 'orders' or 'days', not {frequency!r} (parameter frequency)")
+
+
+def _rfm_aggregates(t: ir.Table, *, date_col: str, amount_col: str, frequency: str = "orders",
+                    where=None) -> dict:
+    """The per-customer aggregates of RFM (``n_days`` only for
+    ``frequency="days"``: a distinct count is the costly part)."""
+    _check_frequency(frequency)
+    out = dict(
+        first_purchase=t[date_col].min(where=where),
+        last_purchase=t[date_col].max(where=where),
+        n_orders=t[date_col].count(where=where),
+        monetary=t[amount_col].sum(where=where),
     )
+    if frequency == "days":
+        out["n_days"] = t[date_col].date().nunique(where=where)
+    return out
 
 
 def _with_rfm(agg: ir.Table, day: dt.date, frequency: str) -> ir.Table:
-    if frequency not in ("days", "orders"):
-        raise ParameterError(f"frequency must be 'days' or 'orders', not {frequency!r} (parameter frequency)")
+    _check_frequency(frequency)
     snap = ibis.literal(day, type="date")
     return agg.mutate(
         recency=snap.delta(agg.last_purchase.date(), unit="day"),
@@ -294,7 +448,7 @@ def _with_rfm(agg: ir.Table, day: dt.date, frequency: str) -> ir.Table:
     )
 
 
-def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency: str = "days",
+def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency: str = "orders",
               paid_statuses: Iterable[str] | None = PAID_STATUSES,
               customer_id_col: str = "customer_id", date_col: str = "order_date",
               amount_col: str = "amount", status_col: str | None = "status") -> ir.Table:
@@ -303,20 +457,21 @@ def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency
     Transforms a table of the form ``customer_id, order_date, amount[, status]``
     (one row per order) into one row per customer who bought up to ``as_of``::
 
-        customer_id, recency, frequency, monetary, n_orders, n_days, tenure,
+        customer_id, recency, frequency, monetary, n_orders, [n_days,] tenure,
         first_purchase, last_purchase
 
     ``recency``/``tenure`` are days from the last/first purchase day to
-    ``as_of``; ``frequency`` is distinct purchase days (``frequency="days"``)
-    or orders; ``monetary`` is paid revenue. Orders after ``as_of`` and
-    non-paid orders are ignored (see the module docstring).
+    ``as_of``; ``frequency`` is paid orders, or distinct purchase days
+    (``frequency="days"``, which adds ``n_days``); ``monetary`` is paid
+    revenue. Orders after ``as_of`` and non-paid orders are ignored (see the
+    module docstring).
 
     Parameters
     ----------
     orders : ibis.Table
     as_of : str | date | None
         Snapshot date; empty = the latest order date.
-    frequency : {"days", "orders"}
+    frequency : {"orders", "days"}
     paid_statuses : iterable of str | None
         Statuses that are purchases; ``None`` keeps every order.
 
@@ -331,22 +486,18 @@ def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency
     day = resolve_as_of(orders, as_of, date_col=date_col)
     t = _purchases(orders, as_of_literal(day), date_col=date_col, status_col=status_col,
                    paid_statuses=paid_statuses)
-    agg = t.group_by(customer_id_col).aggregate(**_rfm_aggregates(t, date_col=date_col, amount_col=amount_col))
+    agg = t.group_by(customer_id_col).aggregate(**_rfm_aggregates(t, date_col=date_col, amount_col=amount_col,
+                                                                  frequency=frequency))
     agg = _with_rfm(agg, day, frequency)
-    return agg.select(customer_id_col, "recency", "frequency", "monetary", "n_orders", "n_days",
+    days = ["n_days"] if frequency == "days" else []
+    return agg.select(customer_id_col, "recency", "frequency", "monetary", "n_orders", *days,
                       "tenure", "first_purchase", "last_purchase")
-
-
-def _top_levels(t: ir.Table, col: str, weight, limit: int) -> list:
-    counts = (t.filter(t[col].notnull()).group_by(col).aggregate(_w=weight)
-              .order_by([ibis.desc("_w"), col]).limit(limit).to_pandas())
-    return [v for v in counts[col].tolist() if str(v).strip() != ""]
 
 
 def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
                    order_lines: ir.Table | None = None, products: ir.Table | None = None,
                    customers: ir.Table | None = None, interactions: ir.Table | None = None,
-                   tickets: ir.Table | None = None, frequency: str = "days",
+                   tickets: ir.Table | None = None, frequency: str = "orders",
                    paid_statuses: Iterable[str] | None = PAID_STATUSES,
                    customer_id_col: str = "customer_id", date_col: str = "order_date",
                    amount_col: str = "amount", status_col: str | None = "status",
@@ -359,8 +510,8 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
     ``tickets`` optional -- each adds its columns when present) into a pandas
     frame with one row per customer who bought up to ``as_of``::
 
-        customer_id, recency, frequency, monetary, n_orders, n_days, tenure,
-        first_purchase, last_purchase, aov              (always)
+        customer_id, recency, frequency, monetary, n_orders, [n_days,] tenure,
+        first_purchase, last_purchase, aov              (always; n_days for frequency="days")
         discount, discount_share                        (orders.discount)
         ch_<channel> ...                                (orders.channel: share of the orders
                                                          whose channel is known)
@@ -368,11 +519,15 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
         n_interactions                                  (interactions up to as_of)
         n_tickets, satisfaction, nps                    (tickets up to as_of)
         gender, region, country, acquisition_channel, age   (customers)
+        main_channel, main_category                     (the level with the largest share)
 
     Channel, category and status text is compared trimmed and in lower case
-    (``' APP'`` is ``app``). Only the ``max_channels`` / ``max_categories``
-    most frequent levels get a column; the rest make ``ch_other`` /
-    ``cat_other``. Only the per-customer result reaches pandas.
+    (``' APP'`` is ``app``) -- by mapping the few distinct raw spellings, not
+    by a string function per row. Only the ``max_channels`` /
+    ``max_categories`` most frequent levels (by orders / order lines) get a
+    column; the rest make ``ch_other`` / ``cat_other``. Each part (orders,
+    lines, interactions, tickets, customers) is one engine query; only the
+    per-customer results reach pandas.
 
     Parameters
     ----------
@@ -401,19 +556,23 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
     day = resolve_as_of(orders, as_of, date_col=date_col)
     cutoff = as_of_literal(day)
     t = _purchases(orders, cutoff, date_col=date_col, status_col=status_col, paid_statuses=paid_statuses)
-    aggs = _rfm_aggregates(t, date_col=date_col, amount_col=amount_col)
+    aggs = _rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency)
     channels: list = []
     if channel_col and channel_col in t.columns:
-        t = t.mutate(_channel=_clean_text(t[channel_col]))
-        channels = _top_levels(t, "_channel", t[date_col].count(), max_channels)
-        aggs["_ch_known"] = t._channel.count()
-        for i, value in enumerate(channels):
-            aggs[f"_ch{i}"] = t[date_col].count(where=t._channel == value)
+        # the levels are read from all orders (one cached query), so the
+        # choice of columns does not depend on as_of
+        channels, code = _levels(orders, channel_col, max_channels, table=t)
+        t = t.mutate(_ch=code)
+        aggs = _rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency)
+        aggs["_ch_known"] = t._ch.count()
+        for i in range(len(channels)):
+            aggs[f"_ch{i}"] = t[date_col].count(where=t._ch == i)
     if discount_col and discount_col in t.columns:
         aggs["discount"] = t[discount_col].fill_null(0).sum()
-    agg = _with_rfm(t.group_by(cid).aggregate(**aggs), day, frequency)
-
-    parts: list[ir.Table] = []
+    # each part is its own query, merged here on the customer id: the engine
+    # holds one part's hash tables at a time (memory), and pandas joins
+    # million-row frames in well under a second
+    parts: list[ir.Table] = [_with_rfm(t.group_by(cid).aggregate(**aggs), day, frequency)]
     categories: list = []
     if order_lines is not None and "order_id" in order_lines.columns and "order_id" in t.columns:
         lines = order_lines
@@ -427,23 +586,25 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
                 value = lines.unit_price.cast("float64")
             else:
                 value = ibis.literal(1.0)
-            lines = lines.select("order_id", category=_clean_text(lines.category), _value=value)
-            categories = _top_levels(lines, "category", lines._value.sum(), max_categories)
+            # the categories with most lines get a column (counting lines reads the raw,
+            # dictionary-encoded column only; weighing by value would compute it twice)
+            categories, code = _levels(lines, "category", max_categories)
+            lines = lines.select("order_id", _value=value, _cat=code)
             lj = lines.join(t.select("order_id", cid), "order_id")
             cat_aggs = {"line_value": lj._value.sum()}
-            for i, value in enumerate(categories):
-                cat_aggs[f"_cat{i}"] = lj._value.sum(where=lj.category == value)
+            for i in range(len(categories)):
+                cat_aggs[f"_cat{i}"] = lj._value.sum(where=lj._cat == i)
             parts.append(lj.group_by(cid).aggregate(**cat_aggs))
     if interactions is not None and cid in interactions.columns:
         it = interactions
         if "ts" in it.columns:
             it = it.filter(it.ts <= cutoff)
-        parts.append(it.group_by(cid).aggregate(n_interactions=it[cid].count()))
+        parts.append(it.group_by(cid).aggregate(n_interactions=it.count()))
     if tickets is not None and cid in tickets.columns:
         tk = tickets
         if "opened_at" in tk.columns:
             tk = tk.filter(tk.opened_at <= cutoff)
-        tk_aggs = {"n_tickets": tk[cid].count()}
+        tk_aggs = {"n_tickets": tk.count()}
         for col in ("satisfaction", "nps"):
             if col in tk.columns:
                 tk_aggs[col] = tk[col].cast("float64").mean()
@@ -453,18 +614,20 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
         cols = [c for c in PROFILE_ATTRIBUTES if c in customers.columns]
         if "birth_date" in customers.columns:
             birth_col = "birth_date"
-            cols.append(birth_col)
-        if cols:
-            parts.append(customers.select(cid, *cols))
-    for part in parts:
-        agg = agg.left_join(part, cid).drop(f"{cid}_right")
+        if cols or birth_col:  # attributes trimmed (a stray space is not another region)
+            trimmed = {c: _trim_text(customers[c]) for c in cols}
+            parts.append(customers.select(cid, *([birth_col] if birth_col else []), **trimmed))
 
-    df = agg.to_pandas()
+    df = parts[0].to_pandas()
     if df.empty:
         raise NoDataError(f"table orders has no paid order up to {day.isoformat()} (check as_of)")
-    # a customer id repeated in customers would repeat the row: keep the first
-    df = df.drop_duplicates(cid).sort_values(cid, kind="stable").reset_index(drop=True)
-    first = [cid, "recency", "frequency", "monetary", "n_orders", "n_days", "tenure"]
+    df = df.drop_duplicates(cid)
+    for part in parts[1:]:
+        extra = part.to_pandas()
+        extra = extra.drop_duplicates(cid)  # a repeated id (customers) keeps its first row
+        df = df.merge(extra, on=cid, how="left")
+    df = df.sort_values(cid, kind="stable").reset_index(drop=True)
+    first = [c for c in (cid, "recency", "frequency", "monetary", "n_orders", "n_days", "tenure") if c in df.columns]
     df = df[first + [c for c in df.columns if c not in first]]
     n = df["n_orders"].astype(float)
     df["aov"] = df["monetary"] / n
@@ -498,6 +661,14 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
             birth = pd.to_datetime(birth, errors="coerce", format="ISO8601")
         age = (pd.Timestamp(day) - birth).dt.days / 365.25
         df["age"] = np.floor(age.where((age >= 0) & (age < 120)))
+    for prefix, name in (("ch_", "main_channel"), ("cat_", "main_category")):
+        cols = [c for c in df.columns if c.startswith(prefix)]
+        if cols:  # the level with the largest share, for drill-down filters
+            shares = df[cols].to_numpy(float)
+            known = ~np.isnan(shares).all(axis=1)
+            best = np.nanargmax(np.where(np.isnan(shares), -1.0, shares), axis=1)
+            levels = np.array([c[len(prefix):] for c in cols], dtype=object)[best]
+            df[name] = pd.Series(levels, index=df.index, dtype=object).where(known)
     df.attrs["as_of"] = day.isoformat()
     return df
 
@@ -679,8 +850,8 @@ def rfm_summary(scored: pd.DataFrame, rules: Mapping | str | Path | None = None,
     parts = []
     if len(shown):
         top = shown.sort_values("share_revenue", ascending=False).iloc[0]
-        parts.append(f"{_cap(top['segment'])} ({_n(top['customers'])} customers, {_pct(top['share_customers'])}) "
-                     f"bring {_pct(top['share_revenue'])} of revenue.")
+        parts.append(f"{_cap(segment_title(top['segment'], rules))} ({_n(top['customers'])} customers, "
+                     f"{_pct(top['share_customers'])}) bring {_pct(top['share_revenue'])} of revenue.")
     risk = shown[shown["segment"] == "at risk"]
     if len(risk) and risk.iloc[0]["customers"] > 0:
         r = risk.iloc[0]
@@ -700,10 +871,11 @@ def _tie_sentence(scored: pd.DataFrame) -> str:
     share_low = float((freq == low).mean())
     if share_low > 1 / N_SCORES:
         used = sorted(scored["f_score"].unique().tolist())
-        unit = "day" if low == 1 else "days"
+        what = ("once" if low == 1 else f"{_n(low)} times") if "n_days" not in scored.columns else (
+            "on one day" if low == 1 else f"on {_n(low)} days")
         return (f"Scores are quintiles of rank with ties kept together: {_pct(share_low)} of customers "
-                f"bought on {_n(low)} {unit} only, so they all share frequency score 1 and the frequency "
-                f"scores in use are {', '.join(str(int(u)) for u in used)}.")
+                f"bought {what} only, so they all share frequency score 1 and the frequency scores in use "
+                f"are {', '.join(str(int(u)) for u in used)}.")
     return "Scores are quintiles of rank with ties kept together (equal values share a score)."
 
 
@@ -807,6 +979,90 @@ def behaviour_features(cust: pd.DataFrame, *, rules: Mapping | str | Path | None
     return pd.DataFrame(feats, index=cust.index)
 
 
+def silhouette_from_distances(D: np.ndarray, labels) -> float:
+    """Mean silhouette width from a matrix of pairwise distances.
+
+    ``s(i) = (b(i) - a(i)) / max(a(i), b(i))`` with ``a(i)`` the mean distance
+    from i to the other members of its cluster and ``b(i)`` the smallest mean
+    distance from i to the members of another cluster; ``s(i) = 0`` for a
+    cluster of one (Rousseeuw 1987, "Silhouettes: a graphical aid to the
+    interpretation and validation of cluster analysis", J. Comput. Appl.
+    Math. 20:53-65, eq. 1-2). The same number as
+    ``sklearn.metrics.silhouette_score``, but the distances are computed once
+    and shared by every candidate k; the per-cluster sums are one matrix
+    product.
+
+    Parameters
+    ----------
+    D : numpy.ndarray, n x n
+        Symmetric distances, zero diagonal.
+    labels : array-like of length n
+
+    Returns
+    -------
+    float
+        NaN unless 2 <= number of clusters <= n - 1.
+
+    Examples
+    --------
+    >>> D = np.array([[0, 1, 4, 5], [1, 0, 3, 4], [4, 3, 0, 1], [5, 4, 1, 0]], float)
+    >>> round(silhouette_from_distances(D, [0, 0, 1, 1]), 4)
+    0.746
+    """
+    _, lab = np.unique(np.asarray(labels), return_inverse=True)
+    n = len(lab)
+    k = int(lab.max()) + 1 if n else 0
+    if k < 2 or k > n - 1:
+        return float("nan")
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), lab] = 1.0
+    sums = np.asarray(D, dtype=float) @ onehot               # n x k: distance to each cluster
+    counts = onehot.sum(axis=0)
+    own = counts[lab]
+    rows = np.arange(n)
+    a = sums[rows, lab] / np.maximum(own - 1, 1)
+    mean_other = sums / counts
+    mean_other[rows, lab] = np.inf
+    b = mean_other.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    s = np.where(own > 1, np.nan_to_num(s), 0.0)
+    return float(s.mean())
+
+
+def adjusted_rand(a, b) -> float:
+    """Adjusted Rand index of two labellings of the same items.
+
+    ``ARI = (sum_ij C(n_ij, 2) - E) / ((sum_i C(a_i, 2) + sum_j C(b_j, 2)) / 2 - E)``
+    with ``E = sum_i C(a_i, 2) * sum_j C(b_j, 2) / C(n, 2)`` (Hubert &
+    Arabie 1985, "Comparing partitions", J. Classification 2:193-218, eq. 5);
+    1 when the partitions agree, about 0 for chance. The same number as
+    ``sklearn.metrics.adjusted_rand_score``, from one ``bincount``.
+
+    Examples
+    --------
+    >>> adjusted_rand([0, 0, 1, 1], [1, 1, 0, 0])
+    1.0
+    """
+    _, a = np.unique(np.asarray(a), return_inverse=True)
+    _, b = np.unique(np.asarray(b), return_inverse=True)
+    n = len(a)
+    if n < 2:
+        return 1.0
+
+    def pairs(x):
+        x = np.asarray(x, dtype=float)
+        return float((x * (x - 1) / 2).sum())
+
+    index = pairs(np.bincount(a * (int(b.max()) + 1) + b))
+    sa, sb = pairs(np.bincount(a)), pairs(np.bincount(b))
+    expected = sa * sb / (n * (n - 1) / 2)
+    top = (sa + sb) / 2
+    if top == expected:
+        return 1.0
+    return float((index - expected) / (top - expected))
+
+
 class BehaviourSegmenter(ClusterMixin, BaseEstimator):
     """K-means on weighted feature groups, with k chosen by silhouette and
     stability.
@@ -885,7 +1141,7 @@ class BehaviourSegmenter(ClusterMixin, BaseEstimator):
     def __init__(self, *, k: int | None = None, k_range: tuple[int, int] = (2, 10),
                  weights: Mapping[str, float] | None = None, n_seeds: int = 5, subsample: float = 0.8,
                  sample_size: int = 5_000, silhouette_size: int = 3_000, fit_size: int = 100_000,
-                 n_init: int = 5, min_stability: float = 0.8,
+                 n_init: int = 3, min_stability: float = 0.8,
                  n_threads: int | None = 1,
                  random_state: int | None = None):
         self.k = k
@@ -956,6 +1212,8 @@ class BehaviourSegmenter(ClusterMixin, BaseEstimator):
         sel = np.sort(rng.choice(n, size=min(n, self.sample_size), replace=False))
         Zs = Z[sel]
         sil_idx = rng.choice(len(Zs), size=min(len(Zs), self.silhouette_size), replace=False)
+        # one distance matrix serves the silhouette of every k (and of the final labels)
+        D = pairwise_distances(Zs[sil_idx])
         rows, best_centers = [], {}
         for k in range(lo, min(hi, len(Zs) - 1) + 1):
             runs, inertias, centers = [], [], []
@@ -969,9 +1227,8 @@ class BehaviourSegmenter(ClusterMixin, BaseEstimator):
             best = runs[int(np.argmin(inertias))]
             best_centers[k] = centers[int(np.argmin(inertias))]
             pairs = list(combinations(range(len(runs)), 2))
-            stability = float(np.median([adjusted_rand_score(runs[a], runs[b]) for a, b in pairs])) if pairs else 1.0
-            labels = best[sil_idx]
-            sil = float(silhouette_score(Zs[sil_idx], labels)) if len(np.unique(labels)) > 1 else float("nan")
+            stability = float(np.median([adjusted_rand(runs[a], runs[b]) for a, b in pairs])) if pairs else 1.0
+            sil = silhouette_from_distances(D, best[sil_idx])
             rows.append({"k": k, "silhouette": sil, "stability": stability, "inertia": float(min(inertias))})
         scores = pd.DataFrame(rows)
         if scores.empty:
@@ -1006,9 +1263,7 @@ class BehaviourSegmenter(ClusterMixin, BaseEstimator):
         self.cluster_centers_ = model.cluster_centers_[order]
         self.sizes_ = sizes[order]
         self.n_clusters_ = k_best
-        sample = rng.choice(n, size=min(n, self.silhouette_size), replace=False)
-        lab = self.labels_[sample]
-        self.silhouette_ = float(silhouette_score(Z[sample], lab)) if len(np.unique(lab)) > 1 else float("nan")
+        self.silhouette_ = silhouette_from_distances(D, self.labels_[sel[sil_idx]])
         return self
 
     def predict(self, X) -> np.ndarray:
@@ -1192,7 +1447,7 @@ def mix_table(cust: pd.DataFrame, by: str, prefix: str) -> pd.DataFrame:
 
 def _top_text(row: pd.Series, n: int = 2) -> str:
     row = row.dropna().sort_values(ascending=False).head(n)
-    return ", ".join(f"{k} {v:.0%}" for k, v in row.items() if v > 0)
+    return ", ".join(f"{str(k).replace('_', ' ')} {v:.0%}" for k, v in row.items() if v > 0)
 
 
 def segment_profiles(cust: pd.DataFrame, by: str = "segment", *, min_size: int = config.MIN_GROUP_SIZE,
@@ -1212,7 +1467,8 @@ def segment_profiles(cust: pd.DataFrame, by: str = "segment", *, min_size: int =
     Returns
     -------
     dict
-        ``table`` (index = group, largest first, "other" last), ``channels`` and
+        ``table`` (index = group, largest first -- segments and tiers in
+        the order of the map -- "other" last), ``channels`` and
         ``categories`` (group x level share tables for small-multiple charts),
         ``suppressed`` (customers not shown), ``text``.
     """
@@ -1259,6 +1515,9 @@ def segment_profiles(cust: pd.DataFrame, by: str = "segment", *, min_size: int =
         if col in data.columns and data[col].notna().any():
             table[col] = g[col].mean()
     order = [i for i in table.sort_values("customers", ascending=False).index if i != OTHER]
+    if by in ("segment", "tier"):  # named groups read in the order of the segment map
+        names = [r["name"] for r in rules["segments" if by == "segment" else "tiers"]]
+        order = [i for i in names if i in order] + [i for i in order if i not in names]
     order += [OTHER] if OTHER in table.index else []
     table = table.loc[order].rename_axis(by)
     for label in mixes:
@@ -1290,8 +1549,12 @@ def _profile_text(table: pd.DataFrame, by: str, suppressed: int) -> str:
         parts.append(f"{_cap(hi.name)} buy mostly via {hi['channels'] or 'mixed channels'}"
                      + (f" and favour {hi['categories']}" if "categories" in shown.columns and hi['categories'] else "")
                      + ": reach each group where it already buys.")
-    if "satisfaction" in shown.columns and shown["satisfaction"].notna().sum() > 1:
-        s = shown["satisfaction"].dropna().sort_values()
+    sat = shown["satisfaction"].dropna().sort_values() if "satisfaction" in shown.columns else pd.Series(dtype=float)
+    if len(sat) > 1 and sat.iloc[-1] - sat.iloc[0] < 0.2:
+        word = {"cluster": "group", "_selection": "group"}.get(by, by)
+        parts.append(f"Satisfaction is about the same in every {word} ({sat.min():.1f} to {sat.max():.1f} of 5).")
+    elif len(sat) > 1:
+        s = sat
         parts.append(f"Satisfaction is lowest among {s.index[0]} ({s.iloc[0]:.1f} of 5) and highest among "
                      f"{s.index[-1]} ({s.iloc[-1]:.1f}).")
     if suppressed:
@@ -1381,8 +1644,8 @@ def concentration(cust: pd.DataFrame, value_col: str = "monetary", *, points: in
 
 
 def golden_customers(scored: pd.DataFrame, *, top: int = 50, value_col: str = "monetary",
-                     columns: Iterable[str] = ("customer_id", "monetary", "frequency", "recency", "aov",
-                                               "segment", "tier", "cluster", "region")) -> dict:
+                     columns: Iterable[str] = ("customer_id", "monetary", "frequency", "recency", "segment",
+                                               "cluster")) -> dict:
     """The top customers by value, with their share of revenue.
 
     Returns ``{"table", "share_revenue", "text"}``: ``table`` has one row per
@@ -1413,7 +1676,9 @@ def attach_contacts(selection: pd.DataFrame, customers: ir.Table, *, customer_id
     ids = selection[customer_id_col].tolist()
     found = customers.filter(customers[customer_id_col].isin(ids)).select(customer_id_col, *cols).to_pandas()
     found = found.drop_duplicates(customer_id_col)
-    return selection.merge(found, on=customer_id_col, how="left")
+    out = selection.merge(found, on=customer_id_col, how="left")
+    rest = [c for c in selection.columns if c != customer_id_col]
+    return out[[customer_id_col, *cols, *rest]]       # contact details right after the id
 
 
 # --------------------------------------------------------------------------
@@ -1576,8 +1841,8 @@ def _comparison(op: str, left: tuple, right: tuple) -> Callable[[pd.DataFrame], 
 
 def drill_down(cust: pd.DataFrame, filter: str = "", *, min_size: int = config.MIN_GROUP_SIZE,
                list_size: int = 20, sort_by: str = "monetary",
-               list_columns: Iterable[str] = ("customer_id", "segment", "tier", "cluster", "region", "recency",
-                                              "frequency", "monetary"),
+               list_columns: Iterable[str] = ("customer_id", "segment", "cluster", "recency", "frequency",
+                                              "monetary"),
                rules: Mapping | str | Path | None = None) -> dict:
     """Multi-dimensional selection: the customers matching ``filter``.
 
@@ -1594,9 +1859,11 @@ def drill_down(cust: pd.DataFrame, filter: str = "", *, min_size: int = config.M
     -------
     dict
         ``count``, ``share`` (of customers), ``share_revenue``, ``profile``
-        (one-row persona of the selection; None when fewer than ``min_size``
-        match), ``customers`` (the top ``list_size`` by ``sort_by``: ids and
-        figures, for a masked list), ``text``.
+        (one-row persona of the selection, its shares being of all customers
+        and all revenue; None when fewer than ``min_size`` match),
+        ``customers`` (the top ``list_size`` by ``sort_by``: ids and
+        figures, for a masked list; empty when fewer than ``min_size``
+        match), ``text``.
     """
     data = cust
     if "age" in cust.columns and "age_band" not in cust.columns:
@@ -1610,13 +1877,18 @@ def drill_down(cust: pd.DataFrame, filter: str = "", *, min_size: int = config.M
     if count >= min_size:
         profile = segment_profiles(sel.assign(_selection="selection"), by="_selection",
                                    min_size=min_size, rules=rules)["table"].rename_axis("selection")
+        # shares of all customers and all revenue, not of the selection itself
+        profile["share_customers"] = count / max(len(data), 1)
+        profile["share_revenue"] = share_rev
     cols = [c for c in list_columns if c in sel.columns]
-    customers = sel.nlargest(list_size, sort_by)[cols].reset_index(drop=True) if count else sel[cols]
+    # a selection under the minimum size is not listed customer by customer
+    customers = (sel.nlargest(list_size, sort_by)[cols].reset_index(drop=True) if count >= min_size
+                 else sel[cols].iloc[:0])
     what = f"the filter {filter.strip()!r}" if filter and filter.strip() else "no filter"
     text = (f"{_n(count)} customers ({_pct(count / max(len(data), 1))}) match {what}, bringing "
             f"{_pct(share_rev)} of revenue.")
     if 0 < count < min_size:
-        text += f" Fewer than {min_size} match, so their profile is not shown."
+        text += f" Fewer than {min_size} match, so their profile and list are not shown."
     return {"count": count, "share": count / max(len(data), 1), "share_revenue": share_rev,
             "profile": profile, "customers": customers, "text": text}
 
@@ -1625,6 +1897,8 @@ def drill_down(cust: pd.DataFrame, filter: str = "", *, min_size: int = config.M
 # movement between runs
 # --------------------------------------------------------------------------
 
+# segments whose customers are lapsing (a move into one of them is a slip)
+LAPSING: tuple[str, ...] = ("at risk", "hibernating", "lost")
 NEW_ROW = "(not in previous run)"
 GONE_COL = "(not in this run)"
 
@@ -1645,12 +1919,13 @@ def transitions(previous: pd.DataFrame, current: pd.DataFrame, *, id_col: str = 
         ``counts`` (int matrix; all cells sum to the customers in either
         run), ``shares`` (row shares: each row sums to 1), ``table`` (display
         strings "count (row share)", cells below ``min_size`` shown as
-        "<min_size"), ``stayed_share`` (of customers in both runs, the share
+        "<min_size", empty cells as a dash), ``stayed_share`` (of customers in both runs, the share
         whose segment did not change), ``sentences`` (the biggest moves in
         plain words), ``text``.
     """
-    prev = previous[[id_col, segment_col]].drop_duplicates(id_col)
-    cur = current[[id_col, segment_col]].drop_duplicates(id_col)
+    # ids compared as text: a CSV read back may type them differently
+    prev = previous[[id_col, segment_col]].astype({id_col: str}).drop_duplicates(id_col)
+    cur = current[[id_col, segment_col]].astype({id_col: str}).drop_duplicates(id_col)
     merged = prev.merge(cur, on=id_col, how="outer", suffixes=("_prev", "_now"))
     a = merged[f"{segment_col}_prev"].astype(object).where(merged[f"{segment_col}_prev"].notna(), NEW_ROW)
     b = merged[f"{segment_col}_now"].astype(object).where(merged[f"{segment_col}_now"].notna(), GONE_COL)
@@ -1665,7 +1940,8 @@ def transitions(previous: pd.DataFrame, current: pd.DataFrame, *, id_col: str = 
     for r in counts.index:
         for c in counts.columns:
             v = int(counts.loc[r, c])
-            table.loc[r, c] = (f"<{min_size}" if 0 < v < min_size else f"{v:,} ({shares.loc[r, c]:.0%})")
+            table.loc[r, c] = ("\u2013" if v == 0 else f"<{min_size}" if v < min_size
+                               else f"{v:,} ({shares.loc[r, c]:.0%})")
     both = (a != NEW_ROW) & (b != GONE_COL)
     stayed = float((a[both] == b[both]).mean()) if both.any() else float("nan")
     moves = []
@@ -1681,7 +1957,9 @@ def transitions(previous: pd.DataFrame, current: pd.DataFrame, *, id_col: str = 
         sentences.append(f"{_n(v)} customers ({_pct(shares.loc[r, c])} of last run's {r}) moved from {r} to {c}.")
     if NEW_ROW in counts.index and counts.loc[NEW_ROW].sum() >= min_size:
         sentences.append(f"{_n(counts.loc[NEW_ROW].sum())} customers bought for the first time since the previous run.")
-    worse = [m for m in moves if m[2] in ("at risk", "hibernating", "lost")]
+    # a slip: into a lapsing segment from one listed before it (the map runs from best to worst)
+    rank = {name: i for i, name in enumerate(names)}
+    worse = [m for m in moves if m[2] in LAPSING and rank.get(m[2], 0) > rank.get(m[1], 0)]
     text = " ".join(sentences)
     if worse:
         v, r, c = worse[0]
@@ -1695,44 +1973,121 @@ def transitions(previous: pd.DataFrame, current: pd.DataFrame, *, id_col: str = 
 # does RFM predict what customers do next?
 # --------------------------------------------------------------------------
 
+def order_dates(orders: ir.Table, as_of: str | dt.date | None = None, *,
+                date_col: str = "order_date") -> dict:
+    """The dates a run needs, from one engine query (which also profiles the
+    statuses and channels for :func:`customer_table`).
+
+    Returns ``{"as_of", "first", "latest"}`` as dates: the snapshot
+    (``as_of``, or the latest order date when empty), and the first and the
+    latest order date in the data (``latest`` may be after ``as_of``).
+
+    Raises
+    ------
+    NoDataError
+        The table has no order date.
+    ParameterError
+        ``as_of`` is not a date.
+    """
+    profile = _orders_profile(orders, date_col)
+    if profile is None:  # free-text status or channel: the dates alone
+        profile = orders.aggregate(_first=orders[date_col].min(), _last=orders[date_col].max()).to_pandas()
+    first, last = profile["_first"].min(), profile["_last"].max()
+    if pd.isna(last):
+        raise NoDataError("table orders has no rows with an order_date")
+    first, latest = pd.Timestamp(first).date(), pd.Timestamp(last).date()
+    day = latest if as_of in (None, "") else resolve_as_of(orders, as_of, date_col=date_col)
+    return {"as_of": day, "first": first, "latest": latest}
+
+
+def holdout_snapshot(dates: Mapping, holdout_days: int = 180) -> dt.date | None:
+    """The snapshot at which to check RFM against what customers did next.
+
+    ``as_of`` itself when the data covers the ``holdout_days`` after it (a
+    true check of this run's scores); else ``latest - holdout_days`` (the
+    same method back-tested on the latest period the data can judge); None
+    when that leaves less than ``holdout_days`` of history before it.
+
+    Parameters
+    ----------
+    dates : dict
+        From :func:`order_dates`.
+
+    Examples
+    --------
+    >>> d = {"as_of": dt.date(2026, 6, 30), "first": dt.date(2023, 1, 1), "latest": dt.date(2026, 6, 30)}
+    >>> holdout_snapshot(d, 180)
+    datetime.date(2026, 1, 1)
+    """
+    if holdout_days <= 0:
+        raise ParameterError("holdout_days must be positive (parameter holdout_days)")
+    span = dt.timedelta(days=int(holdout_days))
+    day = dates["as_of"] if dates["as_of"] + span <= dates["latest"] else dates["latest"] - span
+    return day if day - span >= dates["first"] else None
+
+
 def rfm_holdout_check(orders: ir.Table, as_of: str | dt.date, holdout_days: int = 180, *,
-                      rules: Mapping | str | Path | None = None, frequency: str = "days",
-                      paid_statuses: Iterable[str] | None = PAID_STATUSES,
+                      rules: Mapping | str | Path | None = None, frequency: str = "orders",
+                      paid_statuses: Iterable[str] | None = PAID_STATUSES, latest: dt.date | None = None,
+                      n_customers: int | None = None, max_customers: int | None = HOLDOUT_MAX_CUSTOMERS,
                       customer_id_col: str = "customer_id", date_col: str = "order_date",
                       amount_col: str = "amount", status_col: str | None = "status") -> dict:
     """Rank correlation of ``rfm_score`` at ``as_of`` with spend in the next
     ``holdout_days`` days.
 
-    Scores every customer who bought up to ``as_of`` (:func:`rfm_table`,
-    :func:`score_rfm`), sums each one's paid spend in ``(as_of, as_of +
-    holdout_days]`` in the engine (0 for those who did not buy), and takes
-    Spearman's rank correlation (ties get average ranks). To check a
-    snapshot you can see the future of, pass an ``as_of`` at least
-    ``holdout_days`` before the latest order.
+    Scores every customer who bought up to ``as_of`` (the RFM of
+    :func:`rfm_table`, :func:`score_rfm`), sums each one's paid spend in
+    ``(as_of, as_of + holdout_days]`` (0 for those who did not buy) -- both
+    in one engine pass over the orders -- and takes Spearman's rank
+    correlation (ties get average ranks) with its two-sided p-value. To
+    check a snapshot you can see the future of, pass an ``as_of`` at least
+    ``holdout_days`` before the latest order (:func:`holdout_snapshot`).
+
+    Parameters
+    ----------
+    orders : ibis.Table
+        One row per order: ``customer_id, order_date, amount[, status]``.
+    as_of : str | date
+        The snapshot.
+    latest : date, optional
+        The latest order date, when already known (saves a query).
+    n_customers, max_customers : int, optional
+        With about ``n_customers`` customers (e.g. the current customer
+        table's length) and more than ``max_customers``, the check runs on a
+        random sample of about ``max_customers`` of them, chosen by a hash of
+        the customer id in the engine (same sample every run): Spearman's
+        rank correlation on a hundred thousand customers is precise to
+        about 0.003, and the aggregation is ten times lighter at scale.
 
     Returns
     -------
     dict
         ``spearman``, ``p_value``, ``n_customers``, ``holdout_start``,
         ``holdout_end``, ``complete`` (the data reaches the end of the
-        holdout), ``table`` (per rfm_score: customers, share who bought,
-        mean future spend), ``text``.
+        holdout), ``table`` (one row per rfm_score: customers, share who
+        bought, mean future spend), ``text``.
     """
     if holdout_days <= 0:
         raise ParameterError("holdout_days must be positive (parameter holdout_days)")
     day = resolve_as_of(orders, as_of, date_col=date_col)
     end = day + dt.timedelta(days=int(holdout_days))
-    scored = score_rfm(rfm_table(orders, day, frequency=frequency, paid_statuses=paid_statuses,
-                                 customer_id_col=customer_id_col, date_col=date_col, amount_col=amount_col,
-                                 status_col=status_col).to_pandas(), rules)
-    fut = _purchases(orders, as_of_literal(end), date_col=date_col, status_col=status_col,
-                     paid_statuses=paid_statuses, start=as_of_literal(day))
-    future = fut.group_by(customer_id_col).aggregate(future_spend=fut[amount_col].sum()).to_pandas()
-    merged = scored.merge(future, on=customer_id_col, how="left")
-    merged["future_spend"] = merged["future_spend"].fillna(0.0)
-    latest = latest_order_date(orders, date_col=date_col)
+    t = _purchases(orders, as_of_literal(end), date_col=date_col, status_col=status_col,
+                   paid_statuses=paid_statuses)
+    every = 1
+    if n_customers and max_customers and n_customers > max_customers:
+        every = math.ceil(n_customers / max_customers)
+        t = t.filter(t[customer_id_col].hash() % every == 0)
+    past = t[date_col] <= as_of_literal(day)
+    agg = t.group_by(customer_id_col).aggregate(
+        **_rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency, where=past),
+        future_spend=t[amount_col].sum(where=~past))
+    agg = _with_rfm(agg.filter(agg.n_orders > 0), day, frequency)
+    merged = score_rfm(agg.to_pandas(), rules)
+    merged["future_spend"] = merged["future_spend"].fillna(0.0).astype(float)
+    if latest is None:
+        latest = latest_order_date(orders, date_col=date_col)
     complete = latest >= end
-    if merged["future_spend"].nunique() < 2 or merged["rfm_score"].nunique() < 2:
+    if len(merged) < 3 or merged["future_spend"].nunique() < 2 or merged["rfm_score"].nunique() < 2:
         rho, p = float("nan"), float("nan")
     else:
         res = stats.spearmanr(merged["rfm_score"], merged["future_spend"])
@@ -1743,15 +2098,485 @@ def rfm_holdout_check(orders: ir.Table, as_of: str | dt.date, holdout_days: int 
     if math.isnan(rho):
         text = (f"No spend after {day.isoformat()} to check RFM against: choose an as_of at least "
                 f"{holdout_days} days before the latest order.")
-    else:
+    elif rho > 0 and p < 0.05:
         strength = "strongly" if rho >= 0.5 else "clearly" if rho >= 0.3 else "weakly" if rho > 0.1 else "hardly"
-        text = (f"RFM ranks customers by what they do next: over the {holdout_days} days after "
-                f"{day.isoformat()}, a higher rfm_score went with higher spend (Spearman rank correlation "
-                f"{rho:.2f} over {_n(len(merged))} customers; the score {strength} predicts future spend).")
-        if not complete:
-            text += f" The data ends on {latest.isoformat()}, before the holdout does, so the figure is provisional."
-    return {"spearman": rho, "p_value": p, "n_customers": len(merged), "holdout_start": day.isoformat(),
+        text = (f"The RFM score ranks customers by what they do next: scored on {day.isoformat()}, customers "
+                f"with a higher score spent more in the following {holdout_days} days (Spearman rank "
+                f"correlation {rho:.2f} over {_n(len(merged))} customers, p {_p(p)}; 1 would be a perfect "
+                f"ranking, 0 none). The score {strength} predicts future spend, so it is a sound basis for "
+                f"deciding whom to treat first.")
+    else:
+        text = (f"Scored on {day.isoformat()}, a higher RFM score did not go with higher spend in the following "
+                f"{holdout_days} days (Spearman rank correlation {rho:.2f}, p {_p(p)}): do not rank customers "
+                f"by it alone in this business.")
+    if not math.isnan(rho) and not complete:
+        text += f" The data ends on {latest.isoformat()}, before the holdout does, so the figure is provisional."
+    if every > 1 and not math.isnan(rho):
+        text += f" (The check ran on a random sample of {_n(len(merged))} customers: one in {every}.)"
+    return {"spearman": rho, "p_value": p, "n_customers": len(merged), "sampled_one_in": every,
+            "holdout_start": day.isoformat(),
             "holdout_end": end.isoformat(), "complete": bool(complete), "table": table, "text": text}
+
+
+# --------------------------------------------------------------------------
+# the page: tables, charts, inputs, the previous run, metric cards
+# --------------------------------------------------------------------------
+
+# column -> (heading a stakeholder reads, display format or None)
+COLUMN_LABELS: dict[str, tuple[str, str | None]] = {
+    "segment": ("Segment", None),
+    "label": ("Also called", None),
+    "tier": ("Tier", None),
+    "cluster": ("Group", None),
+    "selection": ("Selection", None),
+    "customers": ("Customers", "{:,.0f}"),
+    "share_customers": ("Share of customers", "{:.1%}"),
+    "share_revenue": ("Share of revenue", "{:.1%}"),
+    "median_recency": ("Days since last purchase (median)", "{:,.0f}"),
+    "mean_frequency": ("Purchase days (mean)", "{:,.1f}"),
+    "mean_monetary": ("Spend per customer (mean)", "{:,.0f}"),
+    "avg_order_value": ("Average order value", "{:,.0f}"),
+    "median_tenure_days": ("Days since first purchase (median)", "{:,.0f}"),
+    "discount_share": ("Discount share of spend", "{:.1%}"),
+    "median_age": ("Median age", "{:,.0f}"),
+    "age_band": ("Most common age", None),
+    "gender": ("Gender (most common)", None),
+    "region": ("Region", None),
+    "country": ("Country", None),
+    "acquisition_channel": ("Came through", None),
+    "channels": ("Buys through", None),
+    "categories": ("Buys mostly", None),
+    "satisfaction": ("Satisfaction (1-5)", "{:.1f}"),
+    "nps": ("Likely to recommend (0-10)", "{:.1f}"),
+    "meaning": ("What it means", None),
+    "rule": ("Rule (scores 1-5, 5 = best)", None),
+    "action": ("What to do", None),
+    "customer_id": ("Customer", "{}"),
+    "recency": ("Days since last purchase", "{:,.0f}"),
+    "frequency": ("Purchase days", "{:,.0f}"),
+    "monetary": ("Spend", "{:,.0f}"),
+    "aov": ("Average order", "{:,.0f}"),
+    "rfm_score": ("RFM score", "{:,.0f}"),
+    "share_buying": ("Bought again in the holdout", "{:.0%}"),
+    "mean_future_spend": ("Spend in the holdout (mean)", "{:,.0f}"),
+    "k": ("Groups (k)", "{:,.0f}"),
+    "silhouette": ("Silhouette", "{:.2f}"),
+    "stability": ("Stability", "{:.2f}"),
+    "chosen": ("Chosen", None),
+    "previous": ("Segment last run \u2193 / now \u2192", None),
+}
+# personal columns keep their names, so the page masks them (crmlab.privacy)
+CONTACT_COLUMNS: tuple[str, ...] = ("name", "email", "phone")
+
+# the columns of the behavioural-groups table and of the profile tables
+GROUP_COLUMNS: tuple[str, ...] = ("cluster", "customers", "share_customers", "share_revenue", "avg_order_value",
+                                  "discount_share", "channels", "categories")
+PERSONA_COLUMNS: tuple[str, ...] = ("cluster", "segment", "customers", "age_band", "median_age", "gender", "region",
+                                    "acquisition_channel", "median_tenure_days", "satisfaction", "nps")
+SEGMENT_PROFILE_COLUMNS: tuple[str, ...] = ("segment", "customers", "avg_order_value", "age_band", "gender", "region",
+                                            "channels", "categories", "median_tenure_days", "satisfaction")
+# columns a drill-down filter may use, in the order the page lists them
+FILTER_COLUMNS: tuple[str, ...] = ("segment", "tier", "cluster", "region", "country", "gender", "age", "age_band",
+                                   "acquisition_channel", "main_channel", "main_category", "recency", "frequency",
+                                   "monetary", "aov", "tenure", "r_score", "f_score", "m_score", "rfm_score",
+                                   "discount_share", "n_interactions", "n_tickets", "satisfaction")
+EXAMPLE_FILTER = 'region == "East" and age >= 30 and segment == "at risk"'
+
+# what the parts of the page need: customer-table column (or prefix) -> the
+# source column that provides it (for "not available: needs ...")
+INPUTS: dict[str, tuple[str, str]] = {
+    "categories": ("cat_", "order_lines.category"),
+    "channels": ("ch_", "orders.channel"),
+    "discount": ("discount_share", "orders.discount"),
+    "age": ("age", "customers.birth_date"),
+    "gender": ("gender", "customers.gender"),
+    "region": ("region", "customers.region"),
+    "interactions": ("n_interactions", "interactions"),
+    "satisfaction": ("satisfaction", "tickets.satisfaction"),
+}
+# behavioural clustering needs at least this many customers
+MIN_CLUSTER_CUSTOMERS = 100
+
+# metrics.json key -> how the page shows it (kpi=True: a KPI card);
+# share_<segment> keys not listed get a label from the segment map
+METRIC_CARDS: dict[str, dict] = {
+    "n_customers": {"label": "Customers", "fmt": "{:,.0f}", "better": "higher", "kpi": True},
+    "share_champions": {"label": "Core customers", "fmt": "{:.1%}", "better": "higher", "kpi": True},
+    "share_at_risk": {"label": "Customers at risk", "fmt": "{:.1%}", "better": "lower", "kpi": True},
+    "top20_revenue_share": {"label": "Revenue from the top 20%", "fmt": "{:.1%}", "better": None, "kpi": True},
+    "holdout_spearman": {"label": "RFM predicts spend (rank correlation)", "fmt": "{:.2f}", "better": "higher"},
+    "gini": {"label": "Revenue concentration (Gini)", "fmt": "{:.2f}", "better": None},
+    "n_clusters": {"label": "Behavioural groups", "fmt": "{:,.0f}", "better": None},
+    "silhouette": {"label": "Cluster separation (silhouette)", "fmt": "{:.2f}", "better": "higher"},
+}
+
+
+def page_table(df: pd.DataFrame | None, *, columns: Iterable[str] | None = None,
+               min_size: int = config.MIN_GROUP_SIZE, max_rows: int | None = None) -> dict:
+    """A result table made ready for the page: plain headings and formats.
+
+    Takes any small frame of this module (its index, when named, becomes the
+    first column), keeps ``columns`` (those present, in that order; default
+    all) and renames them by :data:`COLUMN_LABELS`. Returns the keywords of
+    ``Report.section`` -- ``{"table": frame, "table_options": {...}}`` with
+    ``formats``, ``max_rows`` and, when there is a ``customers`` column,
+    ``count_col`` and ``min_size``, so that groups under the minimum size
+    are merged before a stakeholder sees them. Personal columns (name,
+    email, phone) keep their names so the page masks them. ``None`` gives
+    ``{"table": None}``.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> shown = page_table(pd.DataFrame({"segment": ["loyal"], "customers": [120],
+    ...                                  "share_revenue": [0.4]}))
+    >>> list(shown["table"].columns), shown["table_options"]["count_col"]
+    (['Segment', 'Customers', 'Share of revenue'], 'Customers')
+    """
+    if df is None:
+        return {"table": None}
+    frame = df.reset_index() if df.index.name is not None else df.reset_index(drop=True)
+    if columns is not None:
+        frame = frame[[c for c in columns if c in frame.columns]]
+    frame = frame.copy()
+    for col in frame.columns:  # pandas' str dtype does not take the blanks of small groups
+        if not pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col]):
+            frame[col] = frame[col].astype(object)
+    formats = {COLUMN_LABELS[c][0]: COLUMN_LABELS[c][1] for c in frame.columns
+               if c in COLUMN_LABELS and COLUMN_LABELS[c][1] and c not in CONTACT_COLUMNS}
+    options: dict[str, Any] = {"formats": formats,
+                               "max_rows": int(max_rows) if max_rows else max(50, min(len(frame), 500))}
+    if "customers" in frame.columns:
+        options.update(count_col=COLUMN_LABELS["customers"][0], min_size=int(min_size))
+    frame = frame.rename(columns={c: COLUMN_LABELS[c][0] for c in frame.columns
+                                  if c in COLUMN_LABELS and c not in CONTACT_COLUMNS})
+    return {"table": frame, "table_options": options}
+
+
+# score keys of a rule, as the segment map table says them
+RULE_WORDS: dict[str, str] = {"r": "recency", "f": "frequency", "m": "spend", "fm": "frequency and spend (mean)"}
+SEGMENT_COLUMNS: tuple[str, ...] = ("segment", "customers", "share_customers", "share_revenue", "median_recency",
+                                    "mean_frequency", "mean_monetary")
+
+
+def rule_text(rule: Mapping) -> str:
+    """A segment-map rule in words: ``{"r": [4, 5], "f": [1, 1]}`` ->
+    ``"recency score 4-5, frequency score 1"``; a rule without ranges is
+    the catch-all."""
+    parts = []
+    for key, word in RULE_WORDS.items():
+        if key in rule:
+            lo, hi = rule[key]
+            span = f"{lo:g}" if lo == hi else f"{lo:g}\u2013{hi:g}"
+            parts.append(f"{word} score {span}")
+    return ", ".join(parts) if parts else "everyone not matched above"
+
+
+def segment_map_table(rules: Mapping | str | Path | None = None, section: str = "segments") -> pd.DataFrame:
+    """The segment map (or the value tiers, ``section="tiers"``) as a table:
+    ``segment, label, rule, meaning, action`` in the order the rules apply
+    (``label`` empty when it repeats the name)."""
+    rows = []
+    for r in _rules(rules)[section]:
+        label = r.get("label", "")
+        rows.append({"segment": r["name"], "label": "" if label in ("", r["name"]) else label,
+                     "rule": rule_text(r), "meaning": r.get("meaning", ""), "action": r.get("action", "")})
+    table = pd.DataFrame(rows)
+    return table.drop(columns=[c for c in ("label", "action") if not table[c].astype(bool).any()])
+
+
+def missing_inputs(cust: pd.DataFrame, parts: Iterable[str]) -> list[str]:
+    """The source columns a part of the page lacks, e.g.
+    ``missing_inputs(cust, ["categories"]) -> ["order_lines.category"]``
+    when the customer table has no category mix (:data:`INPUTS`)."""
+    out = []
+    for part in parts:
+        col, needs = INPUTS[part]
+        have = (any(c.startswith(col) for c in cust.columns) if col.endswith("_")
+                else col in cust.columns and cust[col].notna().any())
+        if not have:
+            out.append(needs)
+    return out
+
+
+# a missing input, as the page says what the groups were formed without
+INPUT_WORDS: dict[str, str] = {"categories": "what customers buy", "channels": "where they buy",
+                               "discount": "their discount habit", "age": "their age"}
+
+
+def clustering_note(cust: pd.DataFrame) -> str | None:
+    """A sentence for the clustering section when behavioural inputs are
+    missing (None when all are there)."""
+    parts = [p for p in INPUT_WORDS if missing_inputs(cust, [p])]
+    if not parts:
+        return None
+    needs = missing_inputs(cust, parts)
+    return (f"The groups were formed without {', '.join(INPUT_WORDS[p] for p in parts)}, which the data does "
+            f"not hold; they rest on spend per order and purchase timing. Adding {', '.join(needs)} would "
+            f"describe behaviour better.")
+
+
+def drill_hint(cust: pd.DataFrame, *, min_size: int = config.MIN_GROUP_SIZE) -> str:
+    """The paragraph of the drill-down section when no filter was given:
+    what the default view shows and how to select customers."""
+    cols = [c for c in FILTER_COLUMNS if c in cust.columns or (c == "age_band" and "age" in cust.columns)]
+    return (f"No filter was set, so this shows how many customers each segment has in each region (blank: "
+            f"fewer than {min_size}, not shown). To select customers on any combination of attributes, run the "
+            f"report with the filter parameter, for example: crmlab run segmentation -p "
+            f"'filter={EXAMPLE_FILTER}'. The page then shows how many match, their profile and a masked list "
+            f"of the most valuable of them. You can filter on: {', '.join(cols)}.")
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    from crmlab import charts
+
+    charts.use_theme()
+    return plt, charts
+
+
+def _percent_axis(axis, which: str = "y") -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    (axis.yaxis if which == "y" else axis.xaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
+
+
+def segment_chart(summary: Mapping | pd.DataFrame, *, min_size: int = config.MIN_GROUP_SIZE):
+    """Customers and revenue per RFM segment, side by side (horizontal bars).
+
+    Takes :func:`rfm_summary`'s result (or its ``table``); segments with
+    fewer than ``min_size`` customers are left out. Returns a matplotlib
+    figure with two panels sharing the segment axis (None when no segment
+    is large enough to show).
+    """
+    table = summary["table"] if isinstance(summary, Mapping) else summary
+    shown = table[table["customers"] >= min_size]
+    if shown.empty:
+        return None
+    labels = [s if lab in ("", s) else f"{s} ({lab})" for s, lab in zip(shown["segment"], shown["label"])]
+    plt, charts = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, max(2.5, 0.45 * len(shown) + 1.2)), sharey=True)
+    charts.bar(pd.Series(shown["share_customers"].to_numpy(), index=labels), horizontal=True, fmt="{:.0%}",
+               title="Share of customers", ax=left)
+    charts.bar(pd.Series(shown["share_revenue"].to_numpy(), index=labels), horizontal=True, fmt="{:.0%}",
+               title="Share of revenue", color=charts.COLORS["accent"], ax=right)
+    for axis in (left, right):
+        _percent_axis(axis, "x")
+        axis.set_xlim(0, max(0.05, float(np.nanmax(shown[["share_customers", "share_revenue"]].to_numpy()))) * 1.25)
+    fig.tight_layout()
+    return fig
+
+
+def k_choice_chart(model: BehaviourSegmenter):
+    """How the number of groups was chosen: silhouette and stability by k
+    (two small multiples), the chosen k marked and the stability bar drawn.
+
+    Takes a fitted :class:`BehaviourSegmenter`; returns a matplotlib figure.
+    """
+    scores = model.k_scores_
+    names = {"silhouette": "Separation (silhouette): higher is better",
+             "stability": "Stability across seeds (adjusted Rand)"}
+    long = scores.melt(id_vars="k", value_vars=list(names), var_name="measure", value_name="value")
+    long["measure"] = long["measure"].map(names)
+    plt, charts = _pyplot()
+    fig = charts.small_multiples(long, facet="measure", x="k", y="value", ncols=2, kind="line", sharey=False)
+    fig.set_size_inches(10, 3.2)
+    for axis in fig.axes:
+        name = axis.get_title(loc="left") or axis.get_title()
+        part = long[long["measure"] == name]
+        axis.plot(part["k"], part["value"], "o", color=charts.COLORS["main"], ms=4)
+        axis.axvline(model.k_, color=charts.COLORS["accent"], lw=1.5, ls="--", label=f"chosen k = {model.k_}")
+        if name.startswith("Stability"):
+            axis.axhline(model.min_stability, color=charts.COLORS["neutral"], lw=1, ls=":",
+                         label=f"stable enough ({model.min_stability:g})")
+        axis.set_xlabel("number of groups k")
+        axis.set_xticks(list(scores["k"]))
+        axis.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mix_chart(mix: pd.DataFrame, *, title: str | None = None, max_levels: int = 8, ncols: int = 3,
+              max_panels: int = 12):
+    """Small multiples of a mix: one panel per group, one bar per level.
+
+    Takes a groups x levels share table (:func:`segment_profiles`'s
+    ``categories`` or ``channels``: rows sum to 1, groups in the order to
+    show, largest first); keeps the ``max_levels`` levels with the largest
+    average share, in the same order on every panel. Each panel is a
+    :func:`crmlab.charts.bar` (horizontal, values written on the bars);
+    panels share the level axis. Returns a matplotlib figure (None for an
+    empty table).
+    """
+    import textwrap
+
+    if mix is None or mix.empty:
+        return None
+    plt, charts = _pyplot()
+    data = mix.head(max_panels)
+    levels = list(data.mean(axis=0).sort_values(ascending=False).index[:max_levels])
+    labels = [str(v).replace("_", " ") for v in levels]
+    n = len(data)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.8, (0.22 * len(levels) + 1.0) * nrows),
+                             sharey=True, sharex=True, squeeze=False)
+    top = float(np.nanmax(data[levels].to_numpy())) if n else 1.0
+    for axis, (group, row) in zip(axes.flat, data[levels].iterrows()):
+        charts.bar(pd.Series(row.to_numpy(float), index=labels), horizontal=True, fmt="{:.0%}", ax=axis,
+                   title=textwrap.fill(str(group), 32))
+        axis.title.set_fontsize(10)
+        axis.tick_params(labelsize=9)
+        axis.set_xlim(0, top * 1.35)
+        _percent_axis(axis, "x")
+    for axis in list(axes.flat)[n:]:
+        fig.delaxes(axis)
+    if title:
+        fig.suptitle(title, x=0.01, ha="left", fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_chart(conc: Mapping):
+    """The Pareto curve: the share of revenue brought by the top share of
+    customers, against the line of equal spend, with the top 20% marked.
+
+    Takes :func:`concentration`'s result; returns a matplotlib figure.
+    """
+    plt, charts = _pyplot()
+    p = conc["pareto"]
+    fig, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(p["customer_share"], p["revenue_share"], color=charts.COLORS["main"], lw=2.2,
+              label="our customers")
+    axis.plot([0, 1], [0, 1], ls="--", color=charts.COLORS["neutral"], lw=1, label="if everyone spent the same")
+    top = float(conc["top20_revenue_share"])
+    axis.plot([0.2], [top], "o", color=charts.COLORS["accent"], ms=7)
+    axis.annotate(f"top 20% bring {top:.0%}", (0.2, top), xytext=(12, -18), textcoords="offset points",
+                  fontsize=10)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    _percent_axis(axis, "x")
+    _percent_axis(axis, "y")
+    axis.set_xlabel("Share of customers, biggest spenders first")
+    axis.set_ylabel("Share of revenue")
+    axis.set_title("How concentrated revenue is")
+    axis.legend(loc="lower right")
+    return fig
+
+
+def holdout_chart(holdout: Mapping, *, min_size: int = config.MIN_GROUP_SIZE):
+    """Mean spend in the holdout per RFM score (scores held by fewer than
+    ``min_size`` customers left out). Takes :func:`rfm_holdout_check`'s
+    result; returns a matplotlib figure (None when no score is held by
+    enough customers)."""
+    table = holdout["table"]
+    shown = table[table["customers"] >= min_size]["mean_future_spend"]
+    if shown.empty:
+        return None
+    days = _holdout_days(holdout)
+    _, charts = _pyplot()
+    return charts.bar(shown, fmt="{:,.0f}", title=f"Spend in the {days} days after {holdout['holdout_start']}, "
+                                                  f"by RFM score then",
+                      xlabel="RFM score (higher = bought more recently, more often, more)",
+                      ylabel="Mean spend per customer")
+
+
+def crosstab(cust: pd.DataFrame, rows: str = "segment", cols: str = "region", *,
+             min_size: int = config.MIN_GROUP_SIZE, order: Iterable[str] | None = None,
+             max_cols: int = 12) -> pd.DataFrame:
+    """Customers per combination of two columns (segment x region ...).
+
+    Takes one row per customer; returns a rows x columns table of counts
+    where cells under ``min_size`` are blank (NaN) -- not shown
+    individually. Rows follow ``order`` when given; at most ``max_cols``
+    columns (the largest), the rest summed into ``"other"``.
+    """
+    a = cust[rows].astype(object).where(cust[rows].notna(), "unknown")
+    b = cust[cols].astype(object).where(cust[cols].notna(), "unknown")
+    top = b.value_counts().index[:max_cols]
+    b = b.where(b.isin(top), OTHER)
+    table = pd.crosstab(a, b)
+    names = [r for r in (order or []) if r in table.index]
+    table = table.reindex(names + [r for r in table.index if r not in names])
+    table = table[[c for c in b.value_counts().index]]
+    table = table.astype(float).where(table >= min_size)
+    table.index.name, table.columns.name = rows, cols
+    return table
+
+
+def crosstab_chart(table: pd.DataFrame, *, title: str | None = None):
+    """:func:`crosstab` as a labelled heatmap (blank cells: under the
+    minimum size). Returns a matplotlib figure (None when every cell is
+    blank)."""
+    if table.empty or table.isna().all().all():
+        return None
+    _, charts = _pyplot()
+    return charts.heatmap(table, fmt=",.0f", title=title)
+
+
+def previous_segments(previous: list[Mapping], *, source: str | None = None,
+                      id_col: str = "customer_id") -> dict:
+    """The customer -> segment list of the previous successful run.
+
+    Parameters
+    ----------
+    previous : list of dict
+        ``Report.previous(1)``: the earlier runs, newest first (``run_dir``,
+        ``params``, ``finished_at`` ...).
+    source : str, optional
+        This run's source: a previous run on another source is not compared.
+
+    Returns
+    -------
+    dict
+        ``segments`` (frame ``customer_id, segment`` with ids as text, or
+        None), ``run_id``, ``text`` (why there is nothing to compare, or what
+        is compared with).
+    """
+    if not previous:
+        return {"segments": None, "run_id": None,
+                "text": "This is the first run of this report, so there is no earlier segmentation to compare "
+                        "with yet: moves between segments will show from the next run on."}
+    run = previous[0]
+    when = str(run.get("finished_at") or run.get("started_at") or "")[:10] or "an earlier date"
+    params = run.get("params") or {}
+    if source and params.get("source") and params.get("source") != source:
+        return {"segments": None, "run_id": run.get("run_id"),
+                "text": f"The previous run ({when}) read another data source, so its segments are not "
+                        f"compared with these; moves will show from the next run on this source."}
+    path = Path(run["run_dir"]) / "exports" / "segments.csv"
+    if not path.is_file():
+        return {"segments": None, "run_id": run.get("run_id"),
+                "text": f"The previous run ({when}) left no segment list to compare with."}
+    frame = pd.read_csv(path, usecols=[id_col, "segment"], dtype={id_col: str, "segment": str})
+    prev_as_of = params.get("as_of") or "its latest order"
+    return {"segments": frame, "run_id": run.get("run_id"),
+            "text": f"Compared with the previous run of {when} (as of {prev_as_of})."}
+
+
+def metric_cards(figures: Mapping, rules: Mapping | str | Path | None = None) -> list[dict]:
+    """Keyword sets for ``Report.metric``, one per figure of :func:`metrics`.
+
+    Each is ``{"key", "value", "label", "fmt", "better", "kpi"}`` from
+    :data:`METRIC_CARDS`; ``share_<segment>`` keys get the segment map's label
+    and a percentage format. KPI cards come first.
+    """
+    rules = _rules(rules)
+    labels = {f"share_{slug(r['name'])}": r.get("label") or r["name"] for r in rules["segments"]}
+    labels.update({f"share_tier_{slug(r['name'])}": f"{r['name']} tier" for r in rules["tiers"]})
+    out = []
+    for key, value in figures.items():
+        spec = dict(METRIC_CARDS.get(key, {}))
+        if not spec:
+            spec = {"label": f"Share: {labels.get(key, key)}", "fmt": "{:.1%}" if key.startswith("share_") else
+                    "{:,.2f}", "better": None}
+        spec.setdefault("kpi", False)
+        out.append({"key": key, "value": value, **spec})
+    return sorted(out, key=lambda m: not m["kpi"])
 
 
 # --------------------------------------------------------------------------
@@ -1762,9 +2587,10 @@ def segments_export(scored: pd.DataFrame) -> pd.DataFrame:
     """``exports/segments.csv``: ``customer_id, recency, frequency, monetary,
     r_score, f_score, m_score, rfm_score, segment, tier, cluster`` (cluster =
     its plain-word name; empty when clustering did not run)."""
-    out = scored.copy()
+    out = scored.reindex(columns=[c for c in EXPORT_COLUMNS if c in scored.columns])
     if "cluster" not in out.columns:
         out["cluster"] = ""
+    out["monetary"] = out["monetary"].round(2)           # money to the cent (shorter, faster file)
     return out[list(EXPORT_COLUMNS)].reset_index(drop=True)
 
 
@@ -1798,10 +2624,18 @@ def metrics(scored: pd.DataFrame, *, model: BehaviourSegmenter | None = None, co
     return out
 
 
+def segment_title(name: str, rules: Mapping | str | Path | None = None) -> str:
+    """A segment as a page names it: ``"core customers (champions)"`` when the
+    map gives a label, else the name."""
+    info = {r["name"]: r for r in _rules(rules)["segments"]}
+    label = info.get(name, {}).get("label")
+    return f"{label} ({name})" if label and label != name else str(name)
+
+
 def findings(scored: pd.DataFrame, *, clustered: pd.DataFrame | None = None,
              model: BehaviourSegmenter | None = None, conc: Mapping | None = None,
              movement: Mapping | None = None, holdout: Mapping | None = None,
-             min_size: int = config.MIN_GROUP_SIZE) -> list[str]:
+             min_size: int = config.MIN_GROUP_SIZE, rules: Mapping | str | Path | None = None) -> list[str]:
     """Three to five plain sentences with numbers for "What changed".
 
     Each sentence comes from a result that was given: the segment bringing
@@ -1816,16 +2650,16 @@ def findings(scored: pd.DataFrame, *, clustered: pd.DataFrame | None = None,
     by_seg = by_seg[by_seg["size"] >= min_size]
     if len(by_seg):
         top = by_seg.sort_values("sum", ascending=False).iloc[0]
-        out.append(f"{_cap(top.name)} are {_pct(top['size'] / n)} of {_n(n)} customers and bring "
-                   f"{_pct(top['sum'] / total)} of revenue.")
+        out.append(f"{_cap(segment_title(top.name, rules))} are {_pct(top['size'] / n)} of {_n(n)} customers "
+                   f"and bring {_pct(top['sum'] / total)} of revenue.")
     if "at risk" in by_seg.index:
         r = by_seg.loc["at risk"]
         days = scored.loc[scored["segment"] == "at risk", "recency"].median()
         out.append(f"{_n(r['size'])} valuable customers are at risk (no purchase for a median {_n(days)} days); "
                    f"they brought {_pct(r['sum'] / total)} of revenue.")
     if conc is not None:
-        out.append(f"The top 20% of customers bring {_pct(conc['top20_revenue_share'])} of revenue "
-                   f"(Gini {conc['gini']:.2f}).")
+        out.append(f"The top 20% of customers bring {_pct(conc['top20_revenue_share'])} of revenue and the top 1% "
+                   f"bring {_pct(conc['top1_revenue_share'])}.")
     if movement is not None and len(movement.get("sentences", [])) > 1:
         out.append(movement["sentences"][1])
     if clustered is not None and model is not None:
@@ -1833,9 +2667,15 @@ def findings(scored: pd.DataFrame, *, clustered: pd.DataFrame | None = None,
         if len(sizes) and sizes.iloc[0] >= min_size:
             out.append(f"Behaviour splits customers into {model.k_} groups; the largest is "
                        f"\u201c{sizes.index[0]}\u201d ({_pct(sizes.iloc[0] / n)}).")
-    if holdout is not None and not math.isnan(holdout.get("spearman", float("nan"))):
-        out.append(f"A higher RFM score means higher spend in the next {_holdout_days(holdout)} days "
-                   f"(rank correlation {holdout['spearman']:.2f}).")
+    rho = float("nan") if holdout is None else holdout.get("spearman", float("nan"))
+    if not math.isnan(rho):
+        if rho > 0 and holdout.get("p_value", 1.0) < 0.05:
+            out.append(f"The RFM score predicts spend: customers with a higher score spent more in the "
+                       f"{_holdout_days(holdout)} days after scoring (rank correlation {rho:.2f}; 1 would be a "
+                       f"perfect ranking).")
+        else:
+            out.append(f"The RFM score did not predict spend in the {_holdout_days(holdout)} days after scoring "
+                       f"(rank correlation {rho:.2f}): do not rank customers by it alone.")
     return out[:5]
 
 
@@ -1858,6 +2698,10 @@ def _pct(x: float) -> str:
     if 0 < abs(x) < 0.01:
         return f"{x:.1%}"
     return f"{x:.0%}"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def _n(x) -> str:
