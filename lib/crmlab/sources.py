@@ -63,7 +63,8 @@ import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
-import yaml
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from crmlab import config, schema
 from crmlab.exceptions import DataContractError, ParameterError, SourceUnavailable
@@ -1020,6 +1021,11 @@ class Dataset:
         self._need(name)
         if name in self._quarantine:
             return self._quarantine[name]
+        cached = self._quarantine_cache(name)
+        if cached is not None and cached.is_file():
+            out = pq.read_table(cached).to_pandas()
+            self._quarantine[name] = out
+            return out
         w = self.work(name)
         e = w.expr
         names = list(w.flags)
@@ -1046,7 +1052,25 @@ class Dataset:
         out = out.astype({"table": "str", "row": "int64", "column": "str", "check": "str"})
         out = out.sort_values(["row", "column", "check"], ignore_index=True)
         self._quarantine[name] = out
+        if cached is not None:
+            with contextlib.suppress(OSError):   # a cache, never a reason to fail
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                pq.write_table(pa.Table.from_pandas(out, preserve_index=False), tmp)
+                os.replace(tmp, cached)
         return out
+
+    def _quarantine_cache(self, name: str) -> Path | None:
+        """Where a file source's quarantine of one table is cached: keyed by
+        the fingerprint (names, sizes, modification times, mapping) and the
+        directory, so the runner's contract check and the notebook compute
+        it once. Row numbers and check names only, never values. Databases
+        are not cached: their content can change under the same names."""
+        if not self._files:
+            return None
+        where = str(sorted({str(f.resolve().parent) for f in self._files}))
+        key = hashlib.sha256(f"{self.fingerprint}|{where}|{name}".encode()).hexdigest()[:24]
+        return config.data_dir() / "_cache" / "quarantine" / f"{key}.parquet"
 
     def _keys_unique(self, name: str, key: list[str]) -> bool:
         """DuckDB, one integer key: True when a bitmap over the key's range
