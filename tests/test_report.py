@@ -3,6 +3,7 @@ without a kernel: what each part writes and shows."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -155,7 +156,8 @@ def test_export_masks_personal_columns_for_stakeholders(tmp_path):
     rep = Report("segmentation", run_dir=tmp_path / "r")
     path = rep.export("../risk list", people)
     assert path == tmp_path / "r" / "exports" / "risk_list.csv"
-    assert path.read_text(encoding="utf-8").splitlines() == ["customer_id,email", "1,z***@example.com"]
+    with open(path, encoding="utf-8", newline="") as fh:
+        assert list(csv.reader(fh)) == [["customer_id", "email"], ["1", "z***@example.com"]]
     raw = Report("segmentation", run_dir=tmp_path / "r2", audience="analyst").export("risk", people)
     assert "zhangsan@example.com" in raw.read_text(encoding="utf-8")
 
