@@ -985,7 +985,9 @@ class Dataset:
                 num = lambda t: _parse_number(t[tx], tmap["decimal"])  # noqa: E731
             else:
                 num = lambda t: t[r].cast(idt.float64)  # noqa: E731
-            if kind == "int":
+            if kind == "int" and not text and fam == "int":
+                value = lambda t: t[r].cast(idt.int64)  # noqa: E731  (already whole numbers)
+            elif kind == "int":
                 def value(t):
                     x = num(t)
                     return ibis.ifelse(x.notnull() & (x != x.floor()), ibis.null(idt.float64),
