@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CRM world on disk and a real PostgreSQL server.
+"""Shared fixtures: a tiny CRM world on disk, a real PostgreSQL server, and
+headless Chromium with a local web server for the pages.
 
 ``tiny_world`` writes a small world directory laid out like a synthetic one
 (eight ``<table>.parquet`` files, ``world.json``, ``truth/``) with defects
@@ -8,6 +9,8 @@ check). ``pg_url`` starts a throw-away PostgreSQL server for the session.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import json
 import os
@@ -15,7 +18,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +211,63 @@ def pg_url():
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                         "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- headless Chromium (Debian's chromium driven by Playwright for Python)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path):
+    """Serve a directory on a free localhost port; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(_QuietHandler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium; fails (not skips) when .ci/run did not install it."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, base: str, url: str):
+    """Load ``url`` with the network closed except for the local server;
+    returns (page, console errors, page errors, blocked or failed requests)."""
+    page = browser.new_page()
+    errors, page_errors, outside = [], [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.on("requestfailed", lambda r: outside.append(r.url))
+
+    def gate(route):
+        if route.request.url.startswith(base) or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", gate)
+    response = page.goto(url, wait_until="load")
+    assert response is not None and response.ok, url
+    return page, errors, page_errors, outside
