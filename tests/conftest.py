@@ -14,6 +14,7 @@ import functools
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -139,6 +140,29 @@ def tiny_world(tmp_path) -> Path:
     pd.DataFrame(TINY_DEFECTS, columns=["table", "row", "column", "check"]).to_csv(
         d / "truth" / "defects.csv", index=False)
     return d
+
+
+# ----------------------------------------------------------------------------- personal data
+# what identifies a person; a planted defect like "@qq.com" (no name part) is only
+# a domain, and every masked email ends with one
+_IDENTIFIES = {
+    "email": lambda v: re.fullmatch(r"\s*[^@\s]{2,}@[^@\s]+\s*", v) is not None,
+    "phone": lambda v: sum(ch.isdigit() for ch in v) >= 7,
+    "national_id": lambda v: sum(ch.isalnum() for ch in v) >= 8,
+    "name": lambda v: len(v.strip()) >= 2,
+}
+
+
+def assert_no_personal_values(text: str, world: Path,
+                              columns=("email", "phone", "national_id", "name")) -> None:
+    """Fail if any identifying customer value of ``world`` appears in ``text``
+    (the count is reported, never the value)."""
+    people = pd.read_parquet(Path(world) / "customers.parquet", columns=list(columns))
+    for col in columns:
+        values = {v.strip() for v in people[col].dropna().astype(str) if _IDENTIFIES[col](v)}
+        assert len(values) > 50, f"too few {col} values to test against"
+        leaked = [v for v in values if v in text]
+        assert not leaked, f"{len(leaked)} raw {col} values on the page"
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

@@ -366,8 +366,6 @@ def resolve_parameters(report: str, *, param_files: Iterable = (), params: Mappi
         Unknown names, values of the wrong type, ``run_dir`` set by hand; the
         message lists the known parameters with their types.
     """
-    import yaml
-
     known = known_parameters(report)
     values = {name: info["default"] for name, info in known.items()}
     layers: list[tuple[str, Mapping]] = []

@@ -39,7 +39,12 @@ The models
 - Spend: Gamma-Gamma (Fader, Hardie & Lee 2005, JMR 42(4)): net amount ~
   Gamma(p, nu), nu ~ Gamma(q, gamma) per customer, per segment.
 - Baskets: 1 + Poisson lines by category mix, co-purchase affinity and value;
-  ``amount = sum(quantity * unit_price) - discount``.
+  ``unit_price`` is the product's shelf price that day (its list price times a
+  path of its own: price changes and markdowns); the units of a line answer
+  it with the planted price elasticity ``orders.prices.elasticity``
+  (constant-elasticity demand, see :mod:`crmlab.synthetic.behaviour`);
+  ``amount = sum(quantity * unit_price) - discount``, the Gamma-Gamma budget
+  on average.
 - Campaigns: see :mod:`crmlab.synthetic.campaigns`.
 - Tickets and interactions: see :mod:`crmlab.synthetic.activity`.
 - Defects: see :mod:`crmlab.synthetic.defects`.
@@ -57,7 +62,8 @@ Truth folder
 ``truth/params.json``
     The effective scenario, with ``bgnbd: {r, alpha, a, b, time_unit: "D"}``
     and each segment's ``spend: {p, q, gamma, mean}``, calendar, promotions,
-    currency, start, end, ``generator_version``.
+    ``orders.prices`` (the planted price ``elasticity`` and the price paths'
+    settings), currency, start, end, ``generator_version``.
 ``truth/duplicates.parquet``
     customer_id_a (original), customer_id_b (duplicate), changes
     ("field:change" list, e.g. ``name:abbreviated,phone:format``),

@@ -10,8 +10,16 @@ Published models followed here:
   purchase clock is the warped clock of :mod:`crmlab.synthetic.clock`.
 - Gamma-Gamma spend (Fader, Hardie & Lee 2005, "RFM and CLV", Journal of
   Marketing Research 42(4), section "the spend model"; Colombo & Jiang 1999):
-  an order's amount z ~ Gamma(p, nu), the customer's nu ~ Gamma(q, gamma), so
-  the customer's mean spend is p / nu.
+  an order's budget z ~ Gamma(p, nu), the customer's nu ~ Gamma(q, gamma), so
+  the customer's mean spend is p / nu. The budget is spent in whole units at
+  shelf prices, so an order's amount is the budget up to the fit of units and
+  prices (unbiased on average, see :func:`build_orders`).
+- Price response (``orders.prices`` in the scenario): every product's shelf
+  price is its list price times a path of its own (permanent price changes and
+  temporary markdowns, not tied to the calendar, see :func:`price_paths`), and
+  the units of a line scale by ``(shelf price / list price) ** elasticity``
+  -- a constant-elasticity demand curve, so the planted elasticity is what a
+  log-log regression of units on price within products estimates.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ PRICE_GRID_STEP = 0.025
 PRICE_GRID = np.arange(-3.0, 15.0, PRICE_GRID_STEP)   # log prices tabulated for fit and lookup
 DISCOUNT_CONCENTRATION = 20.0   # an order's discount rate ~ Beta with this a + b around its mean
 MAIN_LINE_WEIGHT = 1.6          # the first line of a basket tends to be the main item
+MAX_UNITS_FACTOR = 3            # a line holds at most this many times its category's max_quantity (at list price)
 
 # product-name words per category (names are cosmetic)
 PRODUCT_WORDS: dict[str, tuple[str, ...]] = {
@@ -265,7 +274,8 @@ def build_catalogue(rng: np.random.Generator, scn: dict) -> dict:
     ``unit_cost`` arrays (sorted by category, then price), ``categories``
     (names), ``lo``/``hi`` (each category's slice), ``logp`` (log list price),
     ``median`` (per category), ``max_q``, ``pairs`` (categories x categories
-    affinity rows, normalised).
+    affinity rows, normalised), ``price_index`` (products x days: shelf
+    price / list price, :func:`price_paths`).
     """
     cats = list(scn["catalogue"])
     rows = []
@@ -295,11 +305,18 @@ def build_catalogue(rng: np.random.Generator, scn: dict) -> dict:
     out["lo"] = np.searchsorted(category, np.arange(len(cats)), side="left")
     out["hi"] = np.searchsorted(category, np.arange(len(cats)), side="right")
     out["logp"] = np.log(out["list_price"])
-    # product index by category and log target price on a grid (nearest above)
+    # product index by category and log target price on a grid (the nearest
+    # list price in log terms, so a budget is as often above as below it)
     grid = PRICE_GRID
-    out["lookup"] = np.stack([
-        np.clip(out["lo"][ci] + np.searchsorted(out["logp"][out["lo"][ci]:out["hi"][ci]], grid),
-                out["lo"][ci], out["hi"][ci] - 1) for ci in range(len(cats))])
+    lookup, below = [], []
+    for ci in range(len(cats)):
+        lo, hi = out["lo"][ci], out["hi"][ci]
+        lp = out["logp"][lo:hi]
+        lookup.append(lo + np.searchsorted((lp[:-1] + lp[1:]) / 2, grid))
+        below.append(np.clip(lo + np.searchsorted(lp, grid, side="right") - 1, lo, hi - 1))
+    out["lookup"] = np.stack(lookup)
+    # ... and the dearest list price at or below it (the cheapest if none is)
+    out["lookup_below"] = np.stack(below)
     out["median"] = np.array([float(scn["catalogue"][c]["price"]) for c in cats])
     out["max_q"] = np.array([int(scn["catalogue"][c].get("max_quantity", 1)) for c in cats])
     pairs = np.zeros((len(cats), len(cats)))
@@ -307,6 +324,119 @@ def build_catalogue(rng: np.random.Generator, scn: dict) -> dict:
         for other, w in (scn["catalogue"][name].get("pairs_with") or {}).items():
             pairs[ci, cats.index(other)] = float(w)
     out["pairs"] = pairs
+    # drawn last, so the products themselves do not depend on the price settings
+    out["price_index"] = price_paths(rng, scn, len(rows))
+    return out
+
+
+def _n_days(scn: dict) -> int:
+    import datetime as dt
+
+    return (dt.date.fromisoformat(scn["end"]) - dt.date.fromisoformat(scn["start"])).days + 1
+
+
+def price_paths(rng: np.random.Generator, scn: dict, n_products: int) -> np.ndarray:
+    """Each product's shelf price over time, as a multiple of its list price.
+
+    Two movements, both drawn per product and independent of the calendar
+    (so demand seasonality never moves with price; ``orders.prices`` in the
+    scenario, every key optional):
+
+    - permanent price changes: ``changes_per_year`` per product on average
+      (Poisson), each a log step ~ Normal(0, ``change_sd``);
+    - temporary markdowns (clearance, price tests): ``markdowns_per_year``
+      episodes of ``markdown_weeks`` weeks (uniform between the two values),
+      ``markdown_depth`` off the shelf price (uniform); overlapping
+      markdowns keep the deepest.
+
+    Prices change on Mondays only (a weekly price cycle, as retailers run
+    them), so a week has one shelf price per product.
+
+    Each path is then scaled so that the mean over days of ``index ** (1 +
+    elasticity)`` is 1: with units answering the shelf price at the planted
+    elasticity, spending at shelf prices averages spending at list prices,
+    and orders keep their Gamma-Gamma budgets on average.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n_products, n_days)
+        Shelf price / list price per product and day of the world; all ones
+        without ``orders.prices``.
+    """
+    n_days = _n_days(scn)
+    cfg = (scn.get("orders") or {}).get("prices") or {}
+    out = np.zeros((n_products, n_days))
+    if not cfg:
+        return np.ones((n_products, n_days), dtype=np.float32)
+    import datetime as dt
+
+    years = n_days / 365.25
+    first_monday = (7 - dt.date.fromisoformat(scn["start"]).weekday()) % 7
+    mondays = np.arange(first_monday, n_days, 7)
+    k = rng.poisson(float(cfg.get("changes_per_year", 0.0)) * years, n_products)
+    owner = np.repeat(np.arange(n_products), k)
+    when = mondays[rng.integers(1 if mondays[0] == 0 else 0, len(mondays), len(owner))]
+    step = rng.normal(0.0, float(cfg.get("change_sd", 0.0)), len(owner))
+    np.add.at(out, (owner, when), step)
+    out = np.cumsum(out, axis=1)
+    out -= out.mean(axis=1, keepdims=True)
+    k = rng.poisson(float(cfg.get("markdowns_per_year", 0.0)) * years, n_products)
+    owner = np.repeat(np.arange(n_products), k)
+    lo_w, hi_w = (int(v) for v in cfg.get("markdown_weeks", (1, 2)))
+    lo_x, hi_x = (float(v) for v in cfg.get("markdown_depth", (0.1, 0.3)))
+    start = mondays[rng.integers(0, len(mondays), len(owner))]
+    length = 7 * rng.integers(lo_w, hi_w + 1, len(owner))
+    depth = np.log1p(-rng.uniform(lo_x, hi_x, len(owner)))
+    mark = np.zeros((n_products, n_days))
+    for i, a, b, d in zip(owner, start, np.minimum(start + length, n_days), depth):
+        mark[i, a:b] = np.minimum(mark[i, a:b], d)
+    # centre each path so that, with units answering at the planted
+    # elasticity e, spend at shelf prices averages spend at list prices:
+    # mean over days of index ** (1 + e) is 1 (orders keep their budgets)
+    log_index = out + mark
+    power = 1.0 + float(cfg.get("elasticity", 0.0))
+    if abs(power) > 1e-9:
+        log_index -= np.log(np.exp(power * log_index).mean(axis=1, keepdims=True)) / power
+    return np.exp(log_index).astype(np.float32)
+
+
+def _shelf(cat: dict, idx: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """The shelf price of products ``idx`` on days ``day`` (cents)."""
+    return np.maximum(np.round(cat["list_price"][idx] * cat["price_index"][idx, day], 2), 0.01)
+
+
+def _dearest_within(cat: dict, lo: int, hi: int, day: np.ndarray, value: np.ndarray,
+                    exclude: np.ndarray | None = None):
+    """Per line, the dearest of products ``lo:hi`` (but ``exclude``) whose
+    shelf price on ``day`` is at most ``value``: (index, found)."""
+    shelf = cat["list_price"][lo:hi][None, :] * cat["price_index"][lo:hi][:, day].T
+    if exclude is not None:
+        rows = np.flatnonzero((exclude >= lo) & (exclude < hi))
+        shelf[rows, exclude[rows] - lo] = np.inf
+    fits = np.where(shelf <= value[:, None], shelf, -np.inf)
+    best = np.argmax(fits, axis=1)
+    found = np.isfinite(fits[np.arange(len(day)), best])
+    best[~found] = np.argmin(shelf[~found], axis=1)
+    return lo + best, found
+
+
+def _affordable(cat: dict, category: np.ndarray, day: np.ndarray, value: np.ndarray,
+                priced_out: np.ndarray) -> np.ndarray:
+    """Per line, the dearest product of its category, other than the one
+    that was priced out, whose shelf price that day is at most ``value``;
+    failing that, the dearest such product of the whole catalogue; failing
+    that, the cheapest product. (Buying the priced-out product after all
+    would blunt its price answer.)"""
+    out = np.empty(len(category), dtype=np.int64)
+    found = np.zeros(len(category), dtype=bool)
+    for ci in np.unique(category):
+        sel = np.flatnonzero(category == ci)
+        out[sel], found[sel] = _dearest_within(cat, cat["lo"][ci], cat["hi"][ci], day[sel], value[sel],
+                                               priced_out[sel])
+    rest = np.flatnonzero(~found)
+    if len(rest):
+        out[rest], _ = _dearest_within(cat, 0, len(cat["list_price"]), day[rest], value[rest],
+                                       priced_out[rest])
     return out
 
 
@@ -320,24 +450,33 @@ def build_orders(rng: np.random.Generator, scn: dict, clock: Clock, cat: dict, l
     """Amounts, discounts, channels, status and basket lines of purchase events.
 
     Transforms events (customer index ``cust``, calendar day ``t``) into one
-    order each: net ``amount`` ~ Gamma-Gamma, a discount rate (deeper on
-    promotion days and for discount-prone customers), ``gross = amount /
-    (1 - rate)`` split into 1 + Poisson lines whose categories follow the
-    customer's mix, the previous line's ``pairs_with`` affinity and the
-    line's value; list prices are scaled per order so lines sum to the gross.
+    order each: a net budget ~ Gamma-Gamma, a discount rate (deeper on
+    promotion days and for discount-prone customers), a gross budget
+    ``budget / (1 - rate)`` split into 1 + Poisson lines whose categories
+    follow the customer's mix, the previous line's ``pairs_with`` affinity
+    and the line's value. Each line buys the product whose list price fits
+    its value per unit (a few ranks of jitter for variety) at today's shelf
+    price (``cat["price_index"]``): ``value / list_price * (shelf /
+    list_price) ** elasticity`` units, rounded up or down at random so the
+    expected units are exactly that (lines rounded to zero units are not
+    bought; an order keeps at least one line). ``unit_price`` is the shelf
+    price, ``gross`` the sum of the lines, ``discount = gross * rate`` and
+    ``amount = gross - discount``: at list prices the expected amount is the
+    Gamma-Gamma budget.
 
     Returns
     -------
     dict with per-order arrays ``amount``, ``discount``, ``channel`` (index),
     ``status`` (index), ``quantity``, ``n_lines`` and per-line arrays
     ``line_order`` (order position), ``product`` (catalogue position),
-    ``line_qty``, ``unit_price``.
+    ``line_qty``, ``unit_price`` (the shelf price), ``line_value`` (the
+    line's budget); ``budget`` per order (the gross Gamma-Gamma budget).
     """
     n = len(cust)
     o = scn["orders"]
     day = np.clip(np.floor(t).astype(np.int64), 0, clock.n_days - 1)
     cl = loc[cust]
-    # Gamma-Gamma net amount
+    # Gamma-Gamma net budget
     amount = rng.gamma(lat["spend_p"][cust], 1.0 / lat["nu"][cust])
     amount = np.clip(amount, 1.0, 200_000.0)
     # discount
@@ -390,27 +529,52 @@ def build_orders(rng: np.random.Generator, scn: dict, clock: Clock, cat: dict, l
         W *= np.take(fit, gbin[sel], axis=1)
         category[sel] = _categorical(rng, W)
     med = cat["median"][category]
-    q = np.round(value / (med * np.exp(rng.normal(0, 0.35, total))))
-    q = np.clip(q, 1, cat["max_q"][category]).astype(np.int64)
+    need = np.round(value / (med * np.exp(rng.normal(0, 0.35, total))))
+    need = np.clip(need, 1, cat["max_q"][category])
     lo, hi = cat["lo"][category], cat["hi"][category]
-    # nearest list price in the category, jittered a few ranks for variety
-    idx = cat["lookup"][category, _grid_bin(np.log(value / q))]
-    idx = idx + rng.integers(-2, 3, total)
+    # the product whose list price fits the budget per unit, jittered a few
+    # ranks for variety; an order's first line (its main item) takes a
+    # product the budget covers, so an order is rarely priced out entirely
+    gbin = _grid_bin(np.log(value / need))
+    jitter = rng.integers(-2, 3, total)
+    main = pos == 0
+    idx = np.where(main, cat["lookup_below"][category, gbin] - np.abs(jitter),
+                   cat["lookup"][category, gbin] + jitter)
     idx = np.clip(idx, lo, hi - 1)
+    # the units the line's value buys at the list price, scaled by the price
+    # response at today's shelf price (constant elasticity) and rounded up or
+    # down at random so the expected units are exact
+    line_day = day[line_order]
+    shelf = _shelf(cat, idx, line_day)
+    elasticity = float((o.get("prices") or {}).get("elasticity", 0.0))
     lp = cat["list_price"][idx]
-    basket = np.add.reduceat(q * lp, first_line)
-    factor = gross_target / basket
-    unit_price = np.round(lp * factor[line_order], 2)
-    unit_price = np.maximum(unit_price, 0.01)
-    gross = np.add.reduceat(q * unit_price, first_line)
-    gross = np.round(gross, 2)
+    # (the cap bounds the units at the list price, before the price answer,
+    # so the answer is the same constant elasticity for every line)
+    units = np.minimum(value / lp, MAX_UNITS_FACTOR * cat["max_q"][category]) \
+        * (shelf / lp) ** elasticity
+    q = np.floor(units + rng.random(total)).astype(np.int64)
+    # a line whose units round to zero was not bought; an order whose every
+    # line was priced out buys, for its first line, the dearest product of
+    # the category its value covers at today's shelf prices
+    empty = np.flatnonzero(np.bincount(line_order, weights=q, minlength=n) == 0)
+    if len(empty):
+        f = first_line[empty]
+        idx[f] = _affordable(cat, category[f], line_day[f], value[f], idx[f])
+        shelf[f] = _shelf(cat, idx[f], line_day[f])
+        q[f] = np.maximum(1, np.floor(value[f] / cat["list_price"][idx[f]]
+                                      * (shelf[f] / cat["list_price"][idx[f]]) ** elasticity
+                                      + rng.random(len(f))))
+    keep = q > 0
+    line_order, idx, q, shelf, value = (a[keep] for a in (line_order, idx, q, shelf, value))
+    n_lines = np.bincount(line_order, minlength=n)
+    gross = np.round(np.bincount(line_order, weights=q * shelf, minlength=n), 2)
     discount = np.round(gross * rate, 2)
     amount = np.round(gross - discount, 2)
-    quantity = np.add.reduceat(q, first_line)
+    quantity = np.bincount(line_order, weights=q, minlength=n).astype(np.int64)
     return {"amount": amount, "discount": discount, "channel": channel, "status": status,
             "quantity": quantity, "n_lines": n_lines, "line_order": line_order,
-            "product": idx, "line_qty": q, "unit_price": unit_price, "factor": factor,
-            "promo": promo, "line_value": value}
+            "product": idx, "line_qty": q, "unit_price": shelf, "promo": promo,
+            "line_value": value, "budget": gross_target}
 
 
 def postcodes(rng: np.random.Generator, locale: str, place_names: list[str],

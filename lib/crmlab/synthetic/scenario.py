@@ -18,14 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crmlab import config
 from crmlab.exceptions import ParameterError
 
 # bump when the generator's output for the same scenario changes, so cached
 # worlds are regenerated
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 
 LOCALES = ("zh_CN", "en_US")
 COUNTRY = {"zh_CN": "CN", "en_US": "US"}
