@@ -464,6 +464,7 @@ def test_holdout_check_and_tracking_add_up(cdnow_orders):
     assert check["total"]["actual"] == (days["day"] > "1997-09-30").sum()
     assert check["total"]["predicted"] == pytest.approx(
         bg.expected_purchases(39.0, s["frequency"], s["recency"], s["T"]).sum())
+    assert check["time_unit"] == "W" and check["total"]["holdout_length"] == pytest.approx(39.0)
     by = check["by_frequency"]
     assert list(by["calibration_purchases"]) == ["0", "1", "2", "3", "4", "5", "6", "7+"]
     assert by["customers"].sum() == 2357
@@ -493,10 +494,16 @@ def test_fit_value_models_and_customer_values_on_a_tiny_world():
     table = models.parameters()
     assert set(table["model"]) == {"BG/NBD", "Pareto/NBD", "Gamma-Gamma"}
     vals = clv.customer_values(s, models, horizon=12, discount_rate=0.01, margin=0.3)
-    assert list(vals.columns) == ["customer_id", "p_alive", "expected_purchases", "expected_spend", "clv"]
+    assert list(vals.columns) == ["customer_id", "frequency", "p_alive", "expected_purchases", "expected_spend", "clv"]
+    assert (vals["frequency"] == s["frequency"]).all()
     assert vals["p_alive"].between(0, 1).all() and (vals["clv"] >= 0).all()
     # more recent, more frequent buyers are worth more
     hi = (s["frequency"] >= 5) & (s["T"] - s["recency"] < 30)
     lo = (s["frequency"] >= 5) & (s["T"] - s["recency"] > 300)
     assert vals.loc[hi, "clv"].mean() > 3 * vals.loc[lo, "clv"].mean()
     assert "times a year" in clv.describe_models(models)
+    # Pareto/NBD on a sample: compared per customer, and said so
+    per = (models.bgnbd.loglik_ / 3000, models.pnbd.loglik_ / 1000)
+    text = clv.describe_models(models)
+    assert "sample of 1,000 customers" in text and f"{per[0]:.4f}" in text
+    assert ("BG/NBD fits" in text) == (per[0] >= per[1])

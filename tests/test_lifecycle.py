@@ -318,3 +318,267 @@ def test_export_metrics_and_findings_from_the_minimal_contract(orders_table, act
     assert all(any(ch.isdigit() for ch in f) for f in facts)
     high = lc.high_risk_customers(table, activity)
     assert (high["churn_probability"] >= 0.6).all() and list(high.columns)[:2] == ["customer_id", "stage"]
+
+
+# ------------------------------------------------------------------ the report's inputs and parameters
+
+def test_check_parameters_names_every_problem_at_once():
+    ok = lc.check_parameters(risk_thresholds=[0.2, 0.7], calibration_end="2025-01-31")
+    assert ok["thresholds"] == {"low": 0.0, "medium": 0.2, "high": 0.7}
+    assert ok["calibration_end"] == dt.date(2025, 1, 31)
+    assert lc.check_parameters(risk_thresholds={"medium": 0.4, "high": 0.8})["thresholds"]["high"] == 0.8
+    with pytest.raises(ParameterError) as err:
+        lc.check_parameters(time_unit="Y", horizon=0, margin=1.5, churn_window=3.5, risk_thresholds=[0.7, 0.2],
+                            cohort_period="Q", acquisition_cost=-1, calibration_end="31/01/2025")
+    msg = str(err.value)
+    for name in ("time_unit", "horizon", "margin", "churn_window", "risk_thresholds", "cohort_period",
+                 "acquisition_cost", "calibration_end"):
+        assert name in msg
+
+
+def test_report_dates_default_holdout_is_the_last_quarter(orders_table):
+    d = lc.report_dates(orders_table)
+    assert (d["first"], d["as_of"]) == (dt.date(2023, 1, 1), dt.date(2025, 6, 20))
+    span = (d["as_of"] - d["first"]).days
+    assert d["span_days"] == span and d["holdout_days"] == round(span / 4)
+    d = lc.report_dates(orders_table, as_of="2025-03-31", calibration_end="2024-12-31")
+    assert (d["calibration_end"], d["holdout_days"]) == (dt.date(2024, 12, 31), 90)
+    with pytest.raises(ParameterError, match="calibration_end"):
+        lc.report_dates(orders_table, as_of="2025-03-31", calibration_end="2025-04-30")
+    from crmlab.exceptions import NoDataError
+    with pytest.raises(NoDataError):
+        lc.report_dates(orders_table, as_of="2022-12-31")
+    short = lc.report_dates(orders_table, as_of="2023-02-20")  # 50 days: a 12-day holdout is too short
+    assert short["calibration_end"] is None and short["holdout_days"] == 0
+
+
+def test_the_cached_day_table_gives_the_same_results_as_the_orders(orders_table):
+    days = lc.purchase_days(orders_table)
+    assert set(days.columns) == set(clv.DAY_COLUMNS)
+    pd.testing.assert_frame_equal(lc.customer_activity(days, as_of=AS_OF),
+                                  lc.customer_activity(orders_table, as_of=AS_OF))
+    a = clv.transaction_summary(days, calibration_end="2024-12-31", observation_end="2025-03-31")
+    b = clv.transaction_summary(orders_table, calibration_end="2024-12-31", observation_end="2025-03-31")
+    pd.testing.assert_frame_equal(a, b)
+    assert a.attrs == b.attrs
+    # a day table cut at an earlier date keeps each customer's first day right
+    early = lc.customer_activity(days, as_of="2024-04-01").set_index("customer_id")
+    assert early.loc[1, "n_days"] == 2 and early.loc[1, "first_purchase"] == pd.Timestamp("2024-01-01")
+    assert clv.observed_window(days) == (dt.date(2023, 1, 1), dt.date(2025, 6, 20))
+
+
+def test_report_tables_leave_out_orders_of_unknown_customers(tmp_path):
+    from crmlab.sources import open_source
+
+    orders = _orders()
+    orders.loc[len(orders)] = [99, pd.Timestamp("2025-01-01 10:00"), 5.0]  # nobody in customers
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    # customer 8's row is quarantined (a birth date in the future) but is still a customer
+    pd.DataFrame({"customer_id": range(1, 9), "birth_date": ["1980-01-01"] * 7 + ["2199-01-01"]}).to_csv(
+        tmp_path / "customers.csv", index=False)
+    with open_source(str(tmp_path)) as data:
+        t = lc.report_tables(data)
+        assert t["orphan_orders"] == 1 and "1 orders" in t["note"]
+        assert t["interactions"] is None and t["tickets"] is None and t["customers"] is not None
+        assert len(data.quarantine_of("customers")) == 1
+        days = lc.purchase_days(t["orders"], customers=t["known_customers"])
+        assert set(days.customer_id.to_pandas()) == set(range(1, 9))
+        pd.testing.assert_frame_equal(lc.customer_activity(days, as_of=AS_OF),
+                                      lc.customer_activity(_orders(), as_of=AS_OF))
+        for cached in (days, t["customers"], t["known_customers"]):
+            cached.release()  # while the connection is open
+
+
+# ------------------------------------------------------------------ the page's parts
+
+def test_previous_stages_first_run_other_source_and_last_export(tmp_path):
+    assert lc.previous_stages([])["stages"] is None
+    assert "first run" in lc.previous_stages([])["text"]
+    run = tmp_path / "run1"
+    (run / "exports").mkdir(parents=True)
+    pd.DataFrame({"customer_id": [1, 2], "stage": ["new", "mature"], "clv": [1.0, 2.0]}).to_csv(
+        run / "exports" / "customer_lifecycle.csv", index=False)
+    prev = [{"run_dir": run, "params": {"source": "a"}, "finished_at": "2026-01-02T10:00:00"}]
+    other = lc.previous_stages(prev, source="b")
+    assert other["stages"] is None and "another data source" in other["text"]
+    same = lc.previous_stages(prev, source="a")
+    assert same["stages"].to_dict("list") == {"customer_id": ["1", "2"], "stage": ["new", "mature"]}
+    assert same["when"] == "2026-01-02"
+
+
+def test_flow_matrix_hides_small_cells_and_flows_are_described():
+    prev = pd.DataFrame({"customer_id": [str(i) for i in range(40)],
+                         "stage": ["mature"] * 30 + ["new"] * 10})
+    now = pd.DataFrame({"customer_id": list(range(3, 45)),          # 0-2 gone, 40-44 new
+                        "stage": ["mature"] * 12 + ["declining"] * 15 + ["growing"] * 10 + ["new"] * 5})
+    flows = lc.stage_flows(now, prev)
+    assert flows["customers"].sum() == 45
+    m = lc.flow_matrix(flows, min_size=10)
+    assert m.loc["mature", "declining"] == "15 (50%)"
+    assert m.loc["mature", lc.GONE] == "<10" and m.loc[lc.NOT_YET, "new"] == "<10"
+    assert m.loc["new", "growing"] == "10 (100%)" and m.loc["new", "mature"] == ""
+    text = lc.describe_flows(flows, min_size=10)
+    assert "mature \u2192 declining (15)" in text and "15 customers slipped into decline" in text
+    assert "5 customers are new" in text and "3 customers of the previous run" in text
+
+
+def test_risk_summary_and_high_risk_list_leave_out_the_churned():
+    table = pd.DataFrame({
+        "customer_id": [1, 2, 3, 4, 5], "stage": ["churned", "mature", "declining", "new", "growing"],
+        "p_alive": [0.1, 0.9, 0.5, 1.0, 0.8], "expected_purchases": [0.1, 3, 1, 2, 2],
+        "clv": [500.0, 100.0, 300.0, 50.0, 20.0], "churn_probability": [0.99, 0.1, 0.8, 0.7, 0.4]})
+    table["risk_level"] = lc.risk_levels(table["churn_probability"]).astype(object)
+    risk = lc.risk_summary(table, active=lc.active_mask(table))
+    assert risk["risk_level"].tolist() == ["low", "medium", "high"]
+    assert risk["customers"].tolist() == [1, 1, 2] and risk["clv_total"].tolist() == [100.0, 20.0, 350.0]
+    high = lc.high_risk_customers(table)
+    assert high["customer_id"].tolist() == [3, 4]  # the churned customer 1 is a win-back case
+    figures = lc.report_metrics(table=table)
+    assert figures["share_high_risk"] == 0.5 and figures["active_customers"] == 4
+    assert figures["customers"] == 5
+    text = lc.describe_risk(risk)
+    assert "Of 4 active customers" in text and "350" in text
+
+
+def test_value_by_channel_needs_the_channel_column(orders_table, activity):
+    import ibis as _ibis
+
+    table = lc.lifecycle_table(activity, lc.assign_stages(activity))
+    table["clv"] = 10.0
+    table["risk_level"] = "low"
+    profit = lc.profitability(activity, acquisition_cost=10, service_cost=1, margin=0.5)
+    bare = _ibis.memtable(pd.DataFrame({"customer_id": activity["customer_id"]}))
+    assert lc.value_by_channel(activity, table, profit, bare) is None
+    assert lc.value_by_channel(activity, table, profit, None) is None
+    ch = _ibis.memtable(pd.DataFrame({"customer_id": activity["customer_id"],
+                                      "acquisition_channel": ["web"] * 6 + ["store"] * 2}))
+    by = lc.value_by_channel(activity, table, profit, ch)
+    assert by["acquisition_channel"].tolist() == ["web", "store"] and by["customers"].tolist() == [6, 2]
+    blank = _ibis.memtable(pd.DataFrame({"customer_id": activity["customer_id"],
+                                         "acquisition_channel": ["web"] * 5 + ["  ", None, "store"]}))
+    assert lc.value_by_channel(activity, table, profit, blank)["acquisition_channel"].tolist() == [
+        "web", lc.UNKNOWN_CHANNEL, "store"]
+    per = profit["per_customer"]
+    store = per["customer_id"].isin(activity["customer_id"].iloc[6:])
+    assert by.loc[1, "share_below"] == pytest.approx((per.loc[store, "profit"] < 0).mean())
+    assert by.loc[0, "mean_revenue"] == pytest.approx(activity["revenue"].iloc[:6].mean())
+
+
+def test_churn_risk_says_what_a_short_history_lacks(orders_table):
+    res = lc.churn_risk(orders_table, as_of="2023-06-30", start="2023-01-01", churn_window=180)
+    assert res["model"] is None and res["scores"] is None
+    assert "450 days" in res["needs"]
+
+
+def test_metric_cards_put_the_kpis_first_and_keep_missing_figures():
+    figures = {"bgnbd_r": 0.5, "clv_total": 1234.0, "churn_auc": None, "share_high_risk": 0.1,
+               "share_new": 0.2}
+    cards = lc.metric_cards(figures, horizon=6, currency="CNY")
+    assert [c["key"] for c in cards if c["kpi"]] == ["clv_total", "share_high_risk"]
+    assert cards[0]["label"] == "Customer value (CNY), next 6 months"
+    auc = next(c for c in cards if c["key"] == "churn_auc")
+    assert auc["value"] is None and not auc["kpi"]  # not computed: recorded, but no card
+    assert next(c for c in cards if c["key"] == "share_new")["fmt"] == "{:.1%}"
+
+
+def test_page_tables_show_ids_as_text_and_plain_headings():
+    shown = lc.page_table(pd.DataFrame({"customer_id": [123456], "name": ["Ann Lee"], "clv": [1.5],
+                                        "customers": [12]}))
+    frame = shown["table"]
+    assert frame.columns.tolist() == ["Customer", "name", "Value (CLV)", "Customers"]
+    assert frame["Customer"].tolist() == ["123456"]
+    assert shown["table_options"]["count_col"] == "Customers"
+    assert lc.page_table(None) == {"table": None}
+
+
+def test_parameter_table_states_each_estimate_in_words():
+    x, tx, T = _simulate_summary()
+    s = pd.DataFrame({"customer_id": range(len(x)), "frequency": x, "recency": tx, "T": T,
+                      "monetary": np.where(x > 0, 20.0 + x, 0.0)})
+    s.attrs["time_unit"] = "W"
+    models = clv.fit_value_models(s, pnbd=False)
+    table = lc.parameter_table(models)
+    assert table["model"].tolist() == ["BG/NBD"] * 5 + ["Gamma-Gamma"] * 4
+    bg = models.bgnbd.params_
+    per_year = bg["r"] / bg["alpha"] * 365.25 / 7
+    assert f"{per_year:.1f} purchases a year" in table.loc[1, "meaning"]
+    assert table.loc[4, "value"] == f"{models.bgnbd.loglik_:,.1f}"
+
+
+def _simulate_summary(n=2000, seed=3):
+    rng = np.random.default_rng(seed)
+    lam, p = rng.gamma(0.8, 1 / 2.0, n), rng.beta(1.0, 5.0, n)
+    T = rng.uniform(5, 100, n)
+    N = rng.poisson(lam * T)
+    x = np.minimum(rng.geometric(p) - 1, N).astype(float)
+    tx = np.where(x > 0, np.minimum(rng.beta(np.maximum(x, 1), N - x + 1) * T, T), 0.0)
+    return x, tx, T
+
+
+def test_charts_draw_what_they_say(orders_table, activity):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = lc.stage_summary(lc.assign_stages(activity))
+    fig = lc.stage_chart(summary)
+    assert len(fig.axes[0].patches) == 5
+    plt.close(fig)
+    check = {"by_frequency": pd.DataFrame({"calibration_purchases": ["0", "1", "2+"], "customers": [50, 4, 20],
+                                           "actual": [0.5, 1.0, 2.0], "predicted": [0.6, 1.1, 1.8]}),
+             "total": {"actual": 10.0, "predicted": 11.0, "customers": 74, "holdout_length": 13.0},
+             "time_unit": "W"}
+    fig = lc.holdout_chart(check, min_size=10)
+    assert len(fig.axes[0].patches) == 4  # the group of 4 customers is left out
+    assert "13 weeks" in fig.axes[0].get_title(loc="left")
+    plt.close(fig)
+    coh = lc.cohort_matrices(orders_table, as_of=AS_OF, min_size=1)
+    fig = lc.cohort_chart(coh, "retention")
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows[-1] < "2025-06"  # the newest cohort has no month after its first yet
+    plt.close(fig)
+    sv = lc.churn_survival(activity)
+    fig = lc.survival_chart(sv)
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(1.02)
+    plt.close(fig)
+
+
+@pytest.mark.postgres
+def test_the_same_expressions_give_the_same_results_on_postgresql(pg_url, orders_table):
+    """Summary, activity, cohorts and churn snapshots from PostgreSQL equal DuckDB's,
+    on the orders and on the cached day table."""
+    pg = ibis.connect(pg_url)
+    frame = _orders().assign(status=["paid"] * 5 + [" Refunded"] + ["paid"] * (len(_orders()) - 6))
+    remote = pg.create_table("lc_orders", frame, overwrite=True)
+    local = ibis.duckdb.connect().create_table("lc_orders", frame)
+    try:
+        for a, b in ((remote, local), (lc.purchase_days(remote), lc.purchase_days(local))):
+            pd.testing.assert_frame_equal(
+                clv.transaction_summary(a, calibration_end="2024-12-31", observation_end=AS_OF, time_unit="W"),
+                clv.transaction_summary(b, calibration_end="2024-12-31", observation_end=AS_OF, time_unit="W"),
+                check_dtype=False)
+            pd.testing.assert_frame_equal(lc.customer_activity(a, as_of=AS_OF), lc.customer_activity(b, as_of=AS_OF),
+                                          check_dtype=False)
+            ca, cb = lc.cohort_matrices(a, as_of=AS_OF, min_size=1), lc.cohort_matrices(b, as_of=AS_OF, min_size=1)
+            pd.testing.assert_frame_equal(ca.retention, cb.retention, check_dtype=False)
+            pd.testing.assert_frame_equal(ca.revenue, cb.revenue, check_dtype=False)
+            snaps = ["2024-06-30", "2024-12-31"]
+            pd.testing.assert_frame_equal(lc.churn_snapshots(a, snaps, observation_end=AS_OF),
+                                          lc.churn_snapshots(b, snaps, observation_end=AS_OF), check_dtype=False)
+    finally:
+        pg.drop_table("lc_orders")
+
+
+def test_snapshots_can_sample_customers_but_score_everyone(population):
+    orders, as_of, dates, snaps, _ = population
+    dates_all = dates["train"] + [dates["test"], dates["score"]]
+    few = lc.churn_snapshots(orders, dates_all, churn_window=180, observation_end=as_of, max_customers=500,
+                             keep_all=[dates["score"]], random_state=1)
+    per = few.groupby("snapshot")["customer_id"].apply(set)
+    assert len(per[pd.Timestamp(as_of)]) == 3000  # scored: everyone
+    sample = set().union(*[per[pd.Timestamp(d)] for d in dates["train"] + [dates["test"]]])
+    assert len(sample) <= 500 and len(per[pd.Timestamp(dates["test"])]) > 300
+    # the sampled rows are the full frame's rows, unchanged
+    full = snaps.set_index(["snapshot", "customer_id"])
+    part = few[few["snapshot"] == pd.Timestamp(dates["test"])].set_index(["snapshot", "customer_id"])
+    pd.testing.assert_frame_equal(part, full.loc[part.index], check_dtype=False)

@@ -64,6 +64,9 @@ MONTH_DAYS = 365.25 / 12
 #: order statuses that are not purchases (an optional ``status`` column)
 EXCLUDED_STATUSES: tuple[str, ...] = ("refunded", "cancelled", "canceled")
 
+#: the columns of the customer-day table (:func:`customer_days`)
+DAY_COLUMNS: tuple[str, ...] = ("customer_id", "day", "amount", "n_orders", "first_day")
+
 #: the share of the observed window kept as holdout by default
 HOLDOUT_SHARE = 0.25
 
@@ -140,7 +143,12 @@ def paid_orders(orders, *, status_col: str = "status"):
     return t.filter(s.isnull() | ~s.isin(list(EXCLUDED_STATUSES)))
 
 
-def customer_days(orders, *, as_of=None, customer_id_col: str = "customer_id",
+def is_day_table(table) -> bool:
+    """Whether a table is already the customer-day table of :func:`customer_days`."""
+    return set(getattr(table, "columns", ())) == set(DAY_COLUMNS)
+
+
+def customer_days(orders, *, as_of=None, customers=None, customer_id_col: str = "customer_id",
                   date_col: str = "order_date", amount_col: str = "amount"):
     """Orders to one row per customer and purchase day (engine-side).
 
@@ -152,15 +160,30 @@ def customer_days(orders, *, as_of=None, customer_id_col: str = "customer_id",
     and cancelled orders are dropped (:func:`paid_orders`); orders after
     ``as_of`` are ignored.
 
+    A table that already is a customer-day table (the columns of
+    :data:`DAY_COLUMNS`, e.g. one made once and cached in the engine with
+    ``customer_days(orders).cache()``) is passed through, filtered to
+    ``as_of``: every function of this module and of :mod:`crmlab.lifecycle`
+    that takes ``orders`` accepts it, so a report scans the orders once.
+    (``first_day`` stays right under the filter: a customer's first day is
+    on or before any of their days.)
+
     Parameters
     ----------
     orders : ibis.Table or pandas.DataFrame
     as_of : str | date | None
+    customers : ibis.Table, optional
+        A table with a ``customer_id`` column: only these customers' days
+        are kept (applied to the per-customer part, not to every order).
 
     Returns
     -------
     ibis.Table
     """
+    if is_day_table(orders):
+        t, cutoff = _ibis_table(orders), _as_date(as_of)
+        t = t if customers is None else t.semi_join(customers.select("customer_id"), "customer_id")
+        return t if cutoff is None else t.filter(t.day <= cutoff)
     t = paid_orders(orders)
     day = t[date_col].date() if t[date_col].type().is_timestamp() else t[date_col].cast("date")
     t = t.mutate(_day=day)
@@ -169,12 +192,19 @@ def customer_days(orders, *, as_of=None, customer_id_col: str = "customer_id",
         t = t.filter(t._day <= cutoff)
     daily = t.group_by([t[customer_id_col].name("customer_id"), t._day.name("day")]).aggregate(
         amount=t[amount_col].sum(), n_orders=t[amount_col].count())
-    return daily.mutate(first_day=daily.day.min().over(group_by=daily.customer_id))
+    # each customer's first day from a second, cheap aggregate joined back: at 20M orders
+    # this is about twice as fast as a window over the customer-day rows (no sort)
+    first = t.group_by(t[customer_id_col].name("customer_id")).aggregate(first_day=t._day.min())
+    if customers is not None:  # on a million customers, not on twenty million orders
+        first = first.semi_join(customers.select("customer_id"), "customer_id")
+    return daily.inner_join(first, "customer_id").select(*DAY_COLUMNS)
 
 
 def observed_window(orders, *, date_col: str = "order_date") -> tuple[dt.date, dt.date]:
     """The first and last order dates (one small query)."""
     t = _ibis_table(orders)
+    if is_day_table(t):
+        date_col = "day"
     res = t.aggregate(lo=t[date_col].min(), hi=t[date_col].max()).to_pandas()
     lo, hi = res["lo"].iloc[0], res["hi"].iloc[0]
     if pd.isna(lo):
@@ -1084,7 +1114,8 @@ def holdout_check(summary: pd.DataFrame, model, *, max_frequency: int = 7) -> di
     -------
     dict
         ``total``: ``{"actual": float, "predicted": float, "customers": int,
-        "holdout_length": float}``; ``by_frequency``: a frame with one row per
+        "holdout_length": float}`` (in ``time_unit``, the summary's, also
+        returned); ``by_frequency``: a frame with one row per
         number of calibration repeat purchases ``0 .. max_frequency-1`` and
         ``"{max_frequency}+"``, columns ``calibration_purchases, customers,
         actual, predicted`` (means per customer) -- the classic
@@ -1109,6 +1140,7 @@ def holdout_check(summary: pd.DataFrame, model, *, max_frequency: int = 7) -> di
         "total": {"actual": float(actual.sum()), "predicted": float(pred.sum()),
                   "customers": int(len(summary)), "holdout_length": float(t_star)},
         "by_frequency": by,
+        "time_unit": summary.attrs.get("time_unit", "D"),
     }
 
 
@@ -1231,8 +1263,9 @@ def customer_values(summary: pd.DataFrame, models: ValueModels, *, horizon: int 
     Gamma-Gamma models.
 
     Transforms the :func:`transaction_summary` frame (one row per customer)
-    into one row per customer with ``customer_id, p_alive,
-    expected_purchases`` (repeat purchases in the next ``horizon`` months),
+    into one row per customer with ``customer_id, frequency`` (repeat
+    purchases so far), ``p_alive, expected_purchases`` (repeat purchases
+    in the next ``horizon`` months),
     ``expected_spend`` (per purchase) and ``clv`` (discounted expected margin
     over ``horizon`` months, see :func:`clv`).
 
@@ -1244,7 +1277,7 @@ def customer_values(summary: pd.DataFrame, models: ValueModels, *, horizon: int 
     x, tx, T, m = summary["frequency"], summary["recency"], summary["T"], summary["monetary"]
     bg = models.bgnbd
     t_h = horizon * MONTH_DAYS / _time_unit(unit)
-    out = pd.DataFrame({"customer_id": summary["customer_id"].to_numpy()})
+    out = pd.DataFrame({"customer_id": summary["customer_id"].to_numpy(), "frequency": x.to_numpy()})
     out["p_alive"] = bg.p_alive(x, tx, T)
     out["expected_purchases"] = bg.expected_purchases(t_h, x, tx, T)
     if models.gg is not None:
@@ -1275,9 +1308,16 @@ def describe_models(models: ValueModels) -> str:
             f"(BG/NBD mean rate {mean_rate:.3g} per {unit}); after each purchase about "
             f"{p_drop:.0%} of them drop out for good.")
     if models.pnbd is not None:
-        better = "BG/NBD" if models.bgnbd.loglik_ >= models.pnbd.loglik_ else "Pareto/NBD"
-        text += (f" The Pareto/NBD model tells a similar story; {better} fits these data better "
-                 f"(log-likelihood {models.bgnbd.loglik_:,.1f} against {models.pnbd.loglik_:,.1f}).")
+        bg_m, pn_m = models.bgnbd, models.pnbd
+        # a Pareto/NBD fitted on a sample is compared per customer, not in total
+        per_bg, per_pn = bg_m.loglik_ / bg_m.n_customers_, pn_m.loglik_ / pn_m.n_customers_
+        better = "BG/NBD" if per_bg >= per_pn else "Pareto/NBD"
+        if pn_m.n_customers_ == bg_m.n_customers_:
+            versus = f"log-likelihood {bg_m.loglik_:,.1f} against {pn_m.loglik_:,.1f}"
+        else:
+            versus = (f"log-likelihood per customer {per_bg:.4f} against {per_pn:.4f}; Pareto/NBD was "
+                      f"fitted on a random sample of {pn_m.n_customers_:,.0f} customers")
+        text += f" The Pareto/NBD model tells a similar story; {better} fits these data better ({versus})."
     if models.gg is not None:
         text += (f" A typical purchase is worth about {models.gg.population_mean():,.2f}; "
                  "customers with few purchases are valued closer to that mean than to their own average.")
