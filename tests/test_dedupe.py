@@ -181,7 +181,7 @@ def test_weights_come_from_the_trained_model_and_read_plainly(full, people):
     other = w[w["level"] == "All other comparisons"]
     assert (exact["match_weight"] > 5).all()
     assert (other["match_weight"] < 0).all()
-    assert full.sentences[0].startswith("Before looking at any field")
+    assert full.sentences[0].startswith("Before any field is compared")
     assert any("phone number" in s for s in full.sentences)
     customers, _ = people
     text = " ".join(full.sentences)
@@ -245,3 +245,37 @@ def test_assess_reports_the_duplicate_records(people):
     assert m["duplicate_rate"] == pytest.approx(rep.duplicates.summary["duplicate_records"]
                                                 / len(raw), abs=1e-4)
     assert m["uniqueness_score"] < 100
+
+
+def test_data_without_duplicates_gives_no_pairs_and_no_error():
+    # a prior of zero (no deterministic match at all) once made every later
+    # step take the log of zero; the worked example has no duplicates
+    customers, truth = make_people(n=150, dup_share=0.0, seed=11)
+    assert truth.empty
+    res = dedupe.find_duplicates(customers.drop(columns=["first_name", "last_name"]))
+    assert res.summary["duplicate_pairs"] == 0 and res.pairs.empty
+    assert (res.customer_key["customer_id"] == res.customer_key["unified_id"]).all()
+    assert 0 < res.model.probability_two_random_records_match_ < 0.01
+
+
+def test_each_pair_says_what_agrees(full):
+    pairs = full.model.predict()
+    why = full.model.describe(pairs)
+    assert len(why) == len(pairs) and all(w.startswith("same: ") for w in why)
+    assert any("close: name (" in w for w in why)          # typos, swaps, initials
+    assert not any(str(v) in " ".join(why) for v in full.pairs["customer_id_a"].head(3)
+                   if len(str(v)) > 3)
+
+
+def test_a_blocking_rule_that_compares_too_many_pairs_is_narrowed():
+    import pyarrow as pa
+
+    n = 400
+    data = pa.table({"unique_id": list(range(n)), "address": ["1 main st"] * n,
+                     "postcode": [str(i % 40) for i in range(n)],
+                     "email": [f"p{i}@x.cn" for i in range(n)]})
+    assert dedupe.block_pairs(data, [("address",)]) == [n * (n - 1) // 2]
+    kept = dedupe._narrow_blocks(data, [("email",), ("address",)], ["address", "postcode", "email"],
+                                 budget=5_000)
+    assert kept == [("email",), ("address", "postcode")]
+    assert sum(dedupe.block_pairs(data, kept)) <= 5_000

@@ -427,3 +427,100 @@ def test_section_paragraphs_state_the_numbers(report):
     assert "score" in report.paragraph("overview")
     with pytest.raises(ValueError):
         report.paragraph("nonsense")
+
+
+# ---------------------------------------------------------------- source fit and the page
+
+def test_a_source_mapping_declares_values_limits_and_date_formats(con):
+    orders = _orders()
+    orders["status"] = ["已支付"] * 18 + ["已退款", "unknown"]
+    orders["order_date"] = (["2024/03/05 14:22"] * 10 + ["2024年3月5日 14:22"] * 9
+                            + ["05.03.24 14:22"])
+    mapping = {"tables": {"orders": {"values": {"status": {"已支付": "paid", "已退款": "refunded"}},
+                                     "limits": {"amount": {"max": 200_000}},
+                                     "date_format": {"order_date": ["%d.%m.%y %H:%M"]}}}}
+    rules = quality.source_rules(quality.load_rules(), mapping)
+    t = _tables(con, orders=orders)["orders"]
+    tt, checks, _ = quality.table_checks("orders", t, rules, quality.reference_time(AS_OF))
+    summary, flagged = quality.run_checks(tt, checks, key_col="order_id")
+    got = {(c, k): f for c, k, f in zip(summary["column"], summary["check"], summary["failed"])}
+    assert got[("status", "domain")] == 1                  # only "unknown": mapped codes are valid
+    assert got[("order_date", "date_parse")] == 0          # both layouts and the declared one read
+    # the mapping's limit of 200,000 makes the 105,000 order fine and keeps 5,000,000 absurd
+    absurd = set(flagged.loc[flagged["check"] == "absurd", "row"])
+    assert 5 in absurd
+
+
+def test_a_domain_that_is_not_the_columns_vocabulary_is_not_applied(con):
+    orders = _orders().assign(channel=["微信支付", "支付宝"] * 10)
+    notes = []
+    t = _tables(con, orders=orders)["orders"]
+    checks = quality.domain_checks(t, "orders", "channel", ["web", "app"], notes=notes)
+    assert checks == [] and len(notes) == 1 and "orders.channel" in notes[0]
+    assert "微信" not in notes[0]                            # names the column, never a value
+
+
+def test_metric_cards_carry_every_metric_and_six_kpis(report):
+    cards = quality.metric_cards(report)
+    assert {c["key"] for c in cards} == set(report.metrics())
+    kpis = [c["key"] for c in cards if c["kpi"]]
+    assert kpis[0] == "quality_score"
+    assert set(kpis) == {"quality_score", "invalid_email_rate", "invalid_phone_rate",
+                         "quarantined_rows", "orphan_orders"}  # no duplicate model: no duplicate card
+    assert all(set(c) == {"key", "value", "label", "fmt", "better", "kpi"} for c in cards)
+
+
+def test_points_lost_add_up_to_the_gap_to_100(report):
+    fig = quality.dimension_chart(report)
+    lost = sum(p.get_width() for p in fig.axes[0].patches)
+    assert lost == pytest.approx(100 - report.scores["quality"], abs=1e-6)
+
+
+def test_score_history_and_its_words():
+    runs = [{"started_at": "2026-06-02T06:00:00+00:00", "metrics": {"quality_score": 91.0,
+                                                                     "validity_score": 90.0}},
+            {"started_at": "2026-06-01T06:00:00+00:00", "metrics": {"quality_score": 90.0,
+                                                                     "validity_score": 92.0}}]
+    h = quality.score_history(runs, {"quality_score": 95.0, "validity_score": 97.0})
+    assert h["quality_score"].tolist() == [90.0, 91.0, 95.0]
+    text = quality.trend_text(h)
+    assert "from 90.0 to 95.0" in text and "validity moved most (+7.0 points)" in text
+    assert "first run" in quality.trend_text(h.tail(1))
+
+
+def test_page_tables_have_plain_headings_and_no_values(report):
+    for frame in (quality.overview_table(report), quality.completeness_table(report),
+                  quality.checks_table(report.validity), quality.integrity_table(report),
+                  quality.outlier_table(report), quality.quarantine_table(report),
+                  quality.fixes_table(report), quality.normalisation_table(report)):
+        text = frame.to_string()
+        assert "not-an-email" not in text and "gmial" not in text and "152abcd" not in text
+    checks = quality.checks_table(report.validity)
+    assert (checks["Failed"] > 0).all() and "is an email address" in set(checks["Rule"])
+    shown = quality.page_table(checks)
+    assert shown["table_options"]["formats"] == {"Share": "{:.2%}"}
+    assert quality.page_table(checks.iloc[0:0]) == {"table": None}
+
+
+def test_sections_say_what_they_need(report):
+    assert quality.section_needs(report, "contacts") is None
+    assert quality.section_needs(report, "duplicates") is not None     # dedupe was off
+    assert quality.section_needs(report, "duplicates", dedupe=False) == ["the parameter dedupe = true"]
+    only_orders = quality.assess({"orders": ibis.memtable(_orders())}, as_of=AS_OF)
+    assert quality.section_needs(only_orders, "contacts") == ["customers.email", "customers.phone"]
+    assert quality.section_needs(only_orders, "integrity") is not None
+    assert quality.section_needs(only_orders, "outliers") is None
+
+
+def test_rules_file_overrides_sections(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("weights: {timeliness: 0}\ndomains: {orders: {status: [paid, open]}}\n")
+    r = quality.load_rules(str(f))
+    assert r["weights"]["timeliness"] == 0 and r["weights"]["validity"] == 0.25
+    assert r["domains"]["orders"]["status"] == ["paid", "open"]
+    (tmp_path / "bad.yaml").write_text("wieghts: {}\n")
+    from crmlab.exceptions import ParameterError
+    with pytest.raises(ParameterError, match="unknown section"):
+        quality.load_rules(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ParameterError, match="not found"):
+        quality.load_rules(str(tmp_path / "missing.yaml"))

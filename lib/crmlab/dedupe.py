@@ -32,6 +32,18 @@ Pairs at or above the threshold are joined into clusters (connected
 components); the smallest customer_id of a cluster is its proposed unified
 id -- the "customer 360" key.
 
+Blocking keeps the work linear in the records: a rule that would compare
+more pairs than ``block_pairs_per_record`` per record (a street name shared
+by hundreds of records) is narrowed with postcode, city, surname, ... until
+it fits (:func:`block_pairs`, ``_narrow_blocks``). Each EM session starts
+from a copy of the model, because Splink narrows the model in place and
+restores it only when training succeeds.
+
+The page explains the weights in plain words (:meth:`CustomerDeduplicator.explain`:
+"an identical phone number multiplies the odds that two records are the
+same person by 45,000") and says, for any judged pair, which fields are the
+same, close, different or missing (:meth:`CustomerDeduplicator.describe`).
+
 It works with whatever identifying columns exist: ``name`` or
 ``first_name`` + ``last_name``, ``email``, ``phone``, ``address``, ``city``,
 ``postcode``, ``birth_date``, ``national_id`` -- comparisons and blocking
@@ -48,6 +60,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import ibis
+import ibis.expr.datatypes as dtypes
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
@@ -80,6 +93,35 @@ def _nullify(col: ir.StringValue) -> ir.StringValue:
     return ibis.ifelse(quality._blank(col), ibis.null().cast("string"), col)
 
 
+def _name_stage(name: ir.Value, titles: Sequence[str]) -> dict[str, ir.Value]:
+    """First stage of :func:`_name_parts`: ``_nm_cjk`` (Chinese script),
+    ``_nm_c`` (the name without spaces or punctuation, for Chinese names)
+    and ``_nm_s`` (lower case, titles dropped, one space between words, for
+    the others) -- each computed once per row, the Latin clean-up only on
+    rows that need it."""
+    raw = name.cast("string")
+    cjk = raw.re_search(_CJK).fill_null(False)
+    s = _clean_text(raw)
+    if titles:
+        s = s.re_replace(r"\b(" + "|".join(titles) + r")\b", " ")
+    s = s.re_replace(r"\s+", " ").strip()
+    c = raw.re_replace(r"[\s,.;:#/\\_·•'’\"()\-]+", "")
+    none = ibis.null().cast("string")
+    return {"_nm_cjk": cjk, "_nm_c": ibis.ifelse(cjk, c, none), "_nm_s": ibis.ifelse(cjk, none, s)}
+
+
+def _name_split(t: ir.Table, compound: Sequence[str]) -> tuple[ir.Value, ir.Value]:
+    """Second stage: (forename, surname) from the columns of :func:`_name_stage`."""
+    c, s, cjk = t._nm_c, t._nm_s, t._nm_cjk
+    two = quality._isin(c.substr(0, 2), list(compound)) & (c.length() > 2)
+    sur_cjk = ibis.ifelse(two, c.substr(0, 2), c.substr(0, 1))
+    fore_cjk = ibis.ifelse(two, c.substr(2), c.substr(1))
+    space = s.find(" ")
+    fore_lat = ibis.ifelse(space < 0, ibis.null().cast("string"), s.substr(0, space))
+    sur_lat = s.re_extract(r"(\S+)$", 1)
+    return ibis.ifelse(cjk, fore_cjk, fore_lat), ibis.ifelse(cjk, sur_cjk, sur_lat)
+
+
 def _name_parts(name: ir.Value, titles: Sequence[str], compound: Sequence[str]):
     """(forename, surname) from a full name.
 
@@ -88,21 +130,46 @@ def _name_parts(name: ir.Value, titles: Sequence[str], compound: Sequence[str]):
     spaces, the surname is the first character (or a listed compound
     surname) and the rest the given name (``张伟`` -> ``伟``, ``张``).
     """
-    s = _clean_text(name)
-    if titles:
-        s = s.re_replace(r"\b(" + "|".join(titles) + r")\b", " ")
-    s = s.re_replace(r"\s+", " ").strip()
-    cjk = s.re_search(_CJK).fill_null(False)
-    c = s.re_replace(r"\s+", "")
-    two = c.substr(0, 2).isin(list(compound)) & (c.length() > 2)
-    sur_cjk = ibis.ifelse(two, c.substr(0, 2), c.substr(0, 1))
-    fore_cjk = ibis.ifelse(two, c.substr(2), c.substr(1))
-    one_token = ~s.contains(" ")
-    fore_lat = ibis.ifelse(one_token, ibis.null().cast("string"), s.re_extract(r"^(\S+)", 1))
-    sur_lat = s.re_extract(r"(\S+)$", 1)
-    fore = ibis.ifelse(cjk, fore_cjk, fore_lat)
-    sur = ibis.ifelse(cjk, sur_cjk, sur_lat)
-    return _nullify(fore), _nullify(sur)
+    t = name.op().rel.to_expr() if isinstance(name, ir.Column) else None
+    if t is None:
+        t = ibis.memtable({"_n": []})
+    staged = t.mutate(**_name_stage(name, titles)).view()
+    fore, sur = _name_split(staged, compound)
+    done = staged.mutate(_fore=fore, _sur=sur).view()
+    return _nullify(done._fore), _nullify(done._sur)
+
+
+@ibis.udf.scalar.builtin(name="crmlab_abbreviate", signature=((dtypes.string,), dtypes.string))
+def _abbreviate_builtin(text):  # noqa: D103 - the DuckDB macro made by _abbreviate
+    ...
+
+
+def _abbreviate(t: ir.Table, words: ir.StringValue, table: Mapping[str, str]) -> ir.StringValue:
+    """Replace whole words of space-separated text by their abbreviation
+    (``street`` -> ``st``).
+
+    On DuckDB one pass: a temporary macro splits the text into words and
+    looks each up in a map (a regex per word costs a pass each, 30 passes
+    over a million addresses); other engines use the regex per word."""
+    if not table:
+        return words
+    try:
+        backend = t._find_backend(use_default=True)
+    except Exception:  # noqa: BLE001 - no backend to define a macro on
+        backend = None
+    if backend is not None and backend.name == "duckdb":
+        def lit(x):
+            return "'" + str(x).replace("'", "''") + "'"
+        keys = ", ".join(lit(k) for k in table)
+        vals = ", ".join(lit(v) for v in table.values())
+        backend.raw_sql(
+            "CREATE OR REPLACE TEMP MACRO crmlab_abbreviate(a) AS array_to_string(list_transform("
+            f"string_split(a, ' '), lambda w: coalesce(map_extract_value(MAP([{keys}], [{vals}]), w), "
+            "w)), ' ')")
+        return _abbreviate_builtin(words)
+    for long, short in table.items():
+        words = words.re_replace(rf"\b{long}\b", short)
+    return words
 
 
 def prepare_customers(t: ir.Table, *, customer_id_col: str = "customer_id",
@@ -140,38 +207,52 @@ def prepare_customers(t: ir.Table, *, customer_id_col: str = "customer_id",
     if customer_id_col not in t.columns:
         raise DataContractError("customers table has no id column", table="customers",
                                 column=customer_id_col, check="dedupe")
-    out: dict[str, ir.Value] = {"unique_id": t[customer_id_col]}
+    # stage 1: every field cleaned once per row (each stage is a projection
+    # of the one before, so a value used several times is computed once)
     titles = cfg.get("name_titles", [])
+    first: dict[str, ir.Value] = {"unique_id": t[customer_id_col]}
     if "name" in have:
-        fore, sur = _name_parts(t[have["name"]], titles, cfg.get("compound_surnames", []))
-        out["forename"], out["surname"] = fore, sur
+        first.update(_name_stage(t[have["name"]], titles))
     elif "first_name" in have or "last_name" in have:
         if "first_name" in have:
-            f = _clean_text(t[have["first_name"]]).re_extract(r"^(\S+)", 1)
-            out["forename"] = _nullify(f)
+            f = _clean_text(t[have["first_name"]])
+            space = f.find(" ")
+            first["forename"] = ibis.ifelse(space < 0, f, f.substr(0, space))
         if "last_name" in have:
-            out["surname"] = _nullify(_clean_text(t[have["last_name"]]).re_replace(r"\s+", ""))
+            first["surname"] = _clean_text(t[have["last_name"]]).re_replace(r"\s+", "")
     if "email" in have:
-        e = _nullify(t[have["email"]].cast("string").strip().lower())
-        out["email"] = e
-        out["email_user"] = _nullify(e.re_extract(r"^([^@]+)@", 1))
+        first["email"] = t[have["email"]].cast("string").strip().lower()
     if "birth_date" in have:
-        out["birth_date"] = quality._as_timestamp(t[have["birth_date"]], rules).date()
+        first["birth_date"] = quality._as_timestamp(t[have["birth_date"]], rules).date()
     if "address" in have:
-        a = _clean_text(t[have["address"]])
-        for long, short in cfg.get("address_abbreviations", {}).items():
-            a = a.re_replace(rf"\b{long}\b", short)
-        out["address"] = _nullify(a.re_replace(r"\s+", " ").strip())
+        a = _clean_text(t[have["address"]]).re_replace(r"\s+", " ")
+        first["address"] = _abbreviate(t, a, cfg.get("address_abbreviations", {})).strip()
     if "city" in have:
-        out["city"] = _nullify(_clean_text(t[have["city"]]).re_replace(r"\s+", " ")
-                               .re_replace("市$", ""))
+        first["city"] = _clean_text(t[have["city"]]).re_replace(r"\s+", " ").re_replace("市$", "")
     if "postcode" in have:
-        out["postcode"] = _nullify(t[have["postcode"]].cast("string").upper()
-                                   .re_replace(r"[\s\-]", ""))
+        first["postcode"] = t[have["postcode"]].cast("string").upper().re_replace(r"[\s\-]", "")
     if "national_id" in have:
-        out["national_id"] = _nullify(t[have["national_id"]].cast("string").upper()
-                                      .re_replace(r"[^0-9A-Z]", ""))
-    prepared = t.select(**out)
+        first["national_id"] = (t[have["national_id"]].cast("string").upper()
+                                .re_replace(r"[^0-9A-Z]", ""))
+    s1 = t.select(**first).view()
+    # stage 2: names split, the email's user name
+    second: dict[str, ir.Value] = {"unique_id": s1.unique_id}
+    if "_nm_cjk" in s1.columns:
+        second["forename"], second["surname"] = _name_split(s1, cfg.get("compound_surnames", []))
+    for f in ("forename", "surname", "email", "birth_date", "address", "city", "postcode",
+              "national_id"):
+        if f in s1.columns:
+            second[f] = s1[f]
+    if "email" in s1.columns:
+        at = s1.email.find("@")
+        second["email_user"] = ibis.ifelse(at > 0, s1.email.substr(0, at), ibis.null().cast("string"))
+    s2 = s1.select(**second).view()
+    # stage 3: blanks and null tokens become null
+    order = ["unique_id", "forename", "surname", "email", "email_user", "birth_date", "address",
+             "city", "postcode", "national_id"]
+    out = {c: (s2[c] if c in ("unique_id", "birth_date") else _nullify(s2[c]))
+           for c in order if c in s2.columns}
+    prepared = s2.select(**out)
     if "phone" in have:
         region = default_region or rules["phone"].get("default_region", "CN")
         src = t.select(_row=t[customer_id_col], _phone=t[have["phone"]],
@@ -305,9 +386,11 @@ PREDICT_BLOCKS: list[tuple[str, ...]] = [
 BLOCK_EXPR = {"phone": "right(phone, 8)"}
 # the name alone blocks only when no narrower rule with the surname exists
 NAME_ONLY_BLOCK = ("forename", "surname")
+# EM sessions, in order, until every comparison is trained: the narrow
+# identifiers first (few pairs, nearly all matches, so EM is quick and clear)
 TRAIN_BLOCKS: list[tuple[str, ...]] = [
-    ("phone",), ("surname", "birth_date"), ("email",), ("forename", "surname"),
-    ("national_id",), ("address",), ("postcode",), ("birth_date",),
+    ("phone",), ("email",), ("national_id",), ("surname", "birth_date"),
+    ("forename", "surname"), ("address",), ("postcode",), ("birth_date",),
 ]
 DETERMINISTIC_RULES: list[tuple[str, ...]] = [
     ("phone", "surname"), ("email", "surname"), ("national_id",),
@@ -315,6 +398,61 @@ DETERMINISTIC_RULES: list[tuple[str, ...]] = [
 ]
 # which comparison a field belongs to
 FIELD_COMPARISON = {"forename": "name", "surname": "name"}
+# fields added, in this order, to a blocking rule that would compare too many
+# pairs (a street name shared by hundreds of records) to narrow it
+NARROWING_FIELDS: tuple[str, ...] = ("postcode", "city", "surname", "birth_date", "forename")
+
+
+def block_pairs(data, blocks: Sequence[Sequence[str]]) -> list[int]:
+    """Record pairs each blocking rule compares: ``sum n (n - 1) / 2`` over
+    the groups of records that share its key (records with a null key field
+    compare with nothing). ``data`` is the prepared records (pyarrow); the
+    rules are counted in one query."""
+    import duckdb
+
+    if not blocks:
+        return []
+    parts = []
+    for i, block in enumerate(blocks):
+        cols = [BLOCK_EXPR.get(f, f) for f in block]
+        where = " and ".join(f'"{f}" is not null' for f in block)
+        parts.append(f"select {i} as rule, coalesce(sum(n * (n - 1) / 2), 0) as pairs from "
+                     f"(select count(*) as n from _records where {where} group by "
+                     f"{', '.join(cols)})")
+    con = duckdb.connect()
+    try:
+        con.register("_records", data)
+        got = dict(con.sql(" union all ".join(parts)).fetchall())
+    finally:
+        con.close()
+    return [int(got.get(i, 0)) for i in range(len(blocks))]
+
+
+def _narrow_blocks(data, blocks: list[tuple[str, ...]], fields: Sequence[str],
+                   budget: float) -> list[tuple[str, ...]]:
+    """Keep the work of blocking linear in the records: a rule whose pairs
+    exceed ``budget`` is narrowed by the first fields of
+    :data:`NARROWING_FIELDS` present (``address`` -> ``address & postcode``)
+    until it fits, else dropped; rules that end up the same are merged."""
+    rules = [tuple(b) for b in blocks]
+    pairs = block_pairs(data, rules)
+    extra = {r: [f for f in NARROWING_FIELDS if f in fields and f not in r] for r in rules}
+    while True:
+        wide = [i for i, n in enumerate(pairs) if n > budget and extra[rules[i]]]
+        if not wide:
+            break
+        for i in wide:
+            old = rules[i]
+            rules[i] = old + (extra[old][0],)
+            extra[rules[i]] = extra[old][1:]
+        counted = block_pairs(data, [rules[i] for i in wide])
+        for i, n in zip(wide, counted):
+            pairs[i] = n
+    out = []
+    for r, n in zip(rules, pairs):
+        if n <= budget and r not in out:
+            out.append(r)
+    return out or list(blocks[:1])
 
 
 @contextlib.contextmanager
@@ -457,6 +595,9 @@ class CustomerDeduplicator:
             blocks.append(NAME_ONLY_BLOCK)
         if not blocks:
             blocks = [(f,) for f in fields]
+        budget = max(float(cfg.get("block_min_pairs", 1e6)),
+                     float(cfg.get("block_pairs_per_record", 2.0)) * data.num_rows)
+        blocks = _narrow_blocks(data, blocks, fields, budget)
         self.blocking_rules_ = [" & ".join(b) for b in blocks]
 
         db = DuckDBAPI()
@@ -473,7 +614,7 @@ class CustomerDeduplicator:
             max_iterations=int(cfg.get("em_max_iterations", 10)),
             em_convergence=float(cfg.get("em_convergence", 1e-3)),
             retain_matching_columns=False,
-            retain_intermediate_calculation_columns=False,
+            retain_intermediate_calculation_columns=True,   # gamma_*: why a pair matched
         )
         linker = Linker(sdf, settings, log_level=None)
         n = self.n_records_
@@ -485,6 +626,14 @@ class CustomerDeduplicator:
                     det, recall=self.deterministic_recall)
         except Exception as exc:  # too few pairs to estimate: keep the default
             log.warning("prior match probability not estimated (%s)", type(exc).__name__)
+        # no deterministic match at all (data without duplicates): a prior of
+        # 0 would be a log of zero in every later step; one pair in all pairs
+        # is the smallest prior the data can support
+        settings_obj = linker._settings_obj
+        prior = settings_obj._probability_two_random_records_match
+        floor = 1.0 / max(n * (n - 1) / 2, 1.0)
+        if prior is None or not prior > floor:
+            settings_obj._probability_two_random_records_match = min(floor, 0.5)
         max_u = float(self.max_pairs_u or cfg.get("max_pairs_u", 2e6))
         max_u = min(max_u, max(n * (n - 1) / 2, 1.0))
         # the sample is small (max_u pairs): one pass per comparison, no probing
@@ -534,9 +683,15 @@ class CustomerDeduplicator:
         The session is then rerun with fewer iterations, down to a single
         one: the expected agreement rates among the pairs the prior model
         already believes are matches (m "from the expectation of the
-        matches" rather than the converged EM)."""
+        matches" rather than the converged EM).
+
+        Splink's session narrows the linker's own model (it drops the
+        comparisons its blocking rule uses and sets a blocking-adjusted
+        prior) and restores it only when training succeeds, so the model is
+        copied before each attempt and put back after a failed one."""
         settings = linker._settings_obj
         original = settings.training_settings
+        model = settings.core_model_settings.copy()
         try:
             for iters in dict.fromkeys([original.max_iterations, 3, 1]):
                 settings.training_settings = dataclasses.replace(original, max_iterations=iters)
@@ -546,11 +701,13 @@ class CustomerDeduplicator:
                         max_pairs=float(max_pairs) if max_pairs else None)
                     return True
                 except ValueError as exc:
+                    settings.core_model_settings = model.copy()
                     if "m_probability" not in str(exc) and "u_probability" not in str(exc):
                         raise
             return False
         except Exception as exc:  # e.g. no pairs in this block: try the next rule
-            log.warning("EM session skipped (%s)", type(exc).__name__)
+            settings.core_model_settings = model
+            log.info("EM session skipped (%s)", type(exc).__name__)
             return False
         finally:
             settings.training_settings = original
@@ -665,17 +822,65 @@ class CustomerDeduplicator:
         -------
         DataFrame
             ``customer_id_a, customer_id_b, match_probability, match_weight``
+            and one ``mw_<comparison>`` per comparison (the match weight the
+            pair got from that field, 0 when missing; see :meth:`describe`),
             with ``customer_id_a < customer_id_b``, one row per pair at or
             above the threshold, most likely first.
         """
         self._check_fitted()
         p = self._predict_all()
+        parts = "".join(f", mw_{c}" for c in self.comparisons_)
         df = self._db.duckdb_con.sql(
             f"select least(unique_id_l, unique_id_r) as customer_id_a, "
             f"greatest(unique_id_l, unique_id_r) as customer_id_b, match_probability, "
-            f"match_weight from {p.physical_name} "
+            f"match_weight{parts} from {p.physical_name} "
             f"order by match_probability desc, customer_id_a, customer_id_b").df()
         return df.reset_index(drop=True)
+
+    def describe(self, pairs: pd.DataFrame) -> list[str]:
+        """What agrees and what differs in each pair, in a few words.
+
+        Takes rows of :meth:`predict` (with their ``mw_`` columns); returns
+        one text per row such as ``"same: phone, email, birth date; close:
+        name (typo); different: city; one lacks: address"``
+        (within each group, strongest evidence first). A field's level is
+        read back from the weight it contributed; levels that share a
+        weight are named together.
+        """
+        self._check_fitted()
+        levels: dict[str, list[tuple[float, str, str]]] = {}
+        for comp in self.linker_._settings_obj.comparisons:
+            non_null = [lv for lv in comp.comparison_levels if not lv.is_null_level]
+            for k, lv in enumerate(non_null):
+                kind = "same" if k == 0 else "different" if lv._is_else_level else "close"
+                levels.setdefault(comp.output_column_name, []).append(
+                    (float(lv._match_weight or 0.0), kind, str(lv.label_for_charts)))
+        out = []
+        for _, row in pairs.iterrows():
+            groups: dict[str, list[tuple[float, str]]] = {"same": [], "close": [],
+                                                          "different": [], "missing": []}
+            for name in self.comparisons_:
+                col = f"mw_{name}"
+                if col not in row or pd.isna(row[col]):
+                    continue
+                w = float(row[col])
+                field = SHORT_FIELDS.get(name, FIELD_LABELS.get(name, name.replace("_", " ")))
+                hits = [(kind, label) for lw, kind, label in levels.get(name, [])
+                        if abs(lw - w) < 1e-9]
+                if not hits or (w == 0.0 and not any(abs(lw) < 1e-12 for lw, *_ in levels[name])):
+                    groups["missing"].append((0.0, field))
+                elif hits[0][0] == "close":
+                    detail = " or ".join(dict.fromkeys(SHORT_LEVELS.get(label, label)
+                                                       for _, label in hits))
+                    groups["close"].append((w, f"{field} ({detail})"))
+                else:
+                    groups[hits[0][0]].append((w, field))
+            words = {"same": "same", "close": "close", "different": "different",
+                     "missing": "one lacks"}
+            parts = [f"{words[kind]}: " + ", ".join(t for _, t in sorted(items, key=lambda x: -x[0]))
+                     for kind, items in groups.items() if items]
+            out.append("; ".join(parts))
+        return out
 
     @_quietly
     def customer_key(self) -> pd.DataFrame:
@@ -703,29 +908,55 @@ class CustomerDeduplicator:
 
     # -- explanation ---------------------------------------------------
     def explain(self) -> list[str]:
-        """What each field contributes, in plain words, from the trained model.
+        """What the trained model learned, in plain words.
 
-        One sentence per comparison, strongest first: how many times more
-        likely an agreement makes a pair the same person, and how many times
-        less likely a disagreement makes it.
+        Up to four sentences: the prior (how often two random records are
+        the same person); how much an identical value of each field
+        multiplies the odds of a match, strongest first; the strongest
+        partial agreements (a typo, a reformatted phone, ...); and how much
+        a different value divides them. The factor of a level is its Bayes
+        factor ``m / u`` (Fellegi & Sunter 1969), its match weight the
+        log2 of that.
         """
         self._check_fitted()
         w = self.match_weights_.dropna(subset=["bayes_factor"])
         out = []
         prior = self.probability_two_random_records_match_
         if prior and prior > 0:
-            out.append(f"Before looking at any field, two customer records picked at random are "
+            out.append(f"Before any field is compared, two customer records picked at random are "
                        f"the same person about once in {_round_big(1 / prior)} pairs.")
-        order = (w.groupby("comparison")["match_weight"].max().sort_values(ascending=False).index)
-        for comp in order:
-            g = w[w["comparison"] == comp]
-            top, last = g.iloc[0], g.iloc[-1]
-            label = FIELD_LABELS.get(comp, comp.replace("_", " "))
-            s = (f"The same {label} makes a pair {_times(top.bayes_factor)} more likely to be "
-                 f"one person (weight {top.match_weight:+.1f})")
-            if last.bayes_factor < 1:
-                s += (f"; a different {label} makes it {_times(1 / last.bayes_factor)} less likely "
-                      f"(weight {last.match_weight:+.1f})")
+        label = {c: FIELD_LABELS.get(c, c.replace("_", " ")) for c in w["comparison"].unique()}
+        tops = (w.groupby("comparison", sort=False).head(1)
+                .sort_values("bayes_factor", ascending=False))
+        tops = tops[tops["bayes_factor"] > 1]
+        if len(tops):
+            first, rest = tops.iloc[0], tops.iloc[1:]
+            s = (f"An identical {label[first.comparison]} multiplies the odds that two records are "
+                 f"the same person by {_times(first.bayes_factor, 'by')}")
+            if len(rest):
+                s += "; an identical " + ", ".join(
+                    f"{label[r.comparison]} by {_times(r.bayes_factor, 'by')}"
+                    for r in rest.itertuples(index=False))
+            out.append(s + ".")
+        pos = w.groupby("comparison", sort=False).cumcount()
+        size = w.groupby("comparison", sort=False)["level"].transform("size")
+        inner = w[(pos > 0) & (pos < size - 1) & (w["bayes_factor"] >= 10)]
+        inner = inner.sort_values("bayes_factor", ascending=False)
+        if len(inner):
+            out.append("Close calls count too: " + ", ".join(
+                f"{_level_phrase(r.level, label[r.comparison])} by {_times(r.bayes_factor, 'by')}"
+                for r in inner.head(3).itertuples(index=False)) + ".")
+        lasts = (w.groupby("comparison", sort=False).tail(1)
+                 .sort_values("bayes_factor", ascending=True))
+        lasts = lasts[lasts["bayes_factor"] < 1]
+        if len(lasts):
+            worst = lasts.iloc[0]
+            s = (f"A different {label[worst.comparison]} divides the odds by "
+                 f"{_times(1 / worst.bayes_factor, 'by')}")
+            if len(lasts) > 1:
+                s += "; a different " + ", ".join(
+                    f"{label[r.comparison]} by {_times(1 / r.bayes_factor, 'by')}"
+                    for r in lasts.iloc[1:3].itertuples(index=False))
             out.append(s + ".")
         return out
 
@@ -737,10 +968,44 @@ def _round_big(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def _times(bf: float) -> str:
-    if bf >= 10:
-        return f"{_round_big(bf)} times"
-    return f"{bf:.1f} times"
+def _times(bf: float, style: str = "times") -> str:
+    """``"20,000 times"`` (or ``"20,000"`` for "multiplies ... by")."""
+    text = _round_big(bf) if bf >= 10 else f"{bf:.1f}"
+    return text if style == "by" else f"{text} times"
+
+
+# short words for a level of agreement and a field, for the "why" of a pair
+SHORT_LEVELS: dict[str, str] = {
+    "name with a typo": "typo", "one character different": "1 character",
+    "first and last name swapped": "swapped", "first name abbreviated to its initial": "initial",
+    "same surname only": "surname only", "same user name": "same user name",
+    "same last 8 digits": "last 8 digits", "nearly the same": "nearly", "similar": "similar",
+    "one digit off": "1 digit off", "one character off": "1 character off",
+    "within a year": "within a year",
+}
+SHORT_FIELDS: dict[str, str] = {"phone": "phone", "birth_date": "birth date",
+                                "national_id": "national id"}
+
+# a comparison level (its chart label) as the subject of a sentence
+LEVEL_PHRASES: dict[str, str] = {
+    "same user name": "the same user name before the @",
+    "same last 8 digits": "the same last 8 digits",
+    "one digit off": "a {field} one digit off",
+    "one character off": "a {field} one character off",
+    "nearly the same": "a nearly identical {field}",
+    "similar": "a similar {field}",
+    "within a year": "a {field} within a year",
+    "first and last name swapped": "swapped first and last names",
+    "name with a typo": "a name with a typo",
+    "one character different": "a name one character different",
+    "first name abbreviated to its initial": "a first name cut to its initial",
+    "same surname only": "the same surname alone",
+}
+
+
+def _level_phrase(level: str, field: str) -> str:
+    """A comparison level as the subject of a sentence (:data:`LEVEL_PHRASES`)."""
+    return LEVEL_PHRASES.get(str(level), "{field}: " + str(level)).format(field=field)
 
 
 # --------------------------------------------------------------------------

@@ -15,11 +15,29 @@ The notebook calls :func:`assess` once and shows what it returns::
     q.findings()                               # "what changed" sentences
     q.metrics(), q.exports()                   # metrics.json and exports/*.csv
 
-Each section also has its own function taking ibis tables, for analysts
-who want one piece (:func:`completeness`, :func:`validity`,
-:func:`normalise_phones`, :func:`consistency`, :func:`integrity`,
-:func:`outliers`, :func:`freshness`, :func:`quarantine_summary`,
-:func:`detect_defects`).
+The page is built from the report with plain-heading tables
+(:func:`overview_table`, :func:`completeness_table`, :func:`checks_table`,
+:func:`phone_table`, :func:`normalisation_table`, :func:`integrity_table`,
+:func:`outlier_table`, :func:`quarantine_table`, :func:`fixes_table`,
+:func:`example_pairs`, each passed through :func:`page_table`), charts in
+the shared theme (:func:`dimension_chart`, :func:`trend_chart`,
+:func:`completeness_chart`, :func:`format_chart`, :func:`weights_chart`),
+the KPI cards (:func:`metric_cards`), the score across runs
+(:func:`score_history`, :func:`trend_text`) and what a section lacks on
+thin data (:func:`section_needs`).
+
+Each check also has its own function taking ibis tables, for analysts who
+want one piece (:func:`table_checks` + :func:`run_checks`,
+:func:`normalise_phones`, :func:`format_mix`, :func:`integrity`,
+:func:`duplicate_keys`, :func:`outliers`, :func:`freshness`,
+:func:`quarantine_summary`, :func:`detect_defects`).
+
+Scale: every table is read in a few passes whatever its size -- all of a
+table's rules in one aggregation (counts and the flagged rows' numbers
+together), categorical values counted once, integer keys checked against a
+bitmap of the parent's keys instead of a hash join, long value lists tested
+as a subquery, outlier fences from a sample of storage blocks. A source's
+own conventions come from its mapping (:func:`source_rules`).
 
 How the six dimension scores (0-100) are computed
 -------------------------------------------------
@@ -62,6 +80,7 @@ import dataclasses
 import datetime as dt
 import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +93,7 @@ import pandas as pd
 import phonenumbers
 import yaml
 
-from crmlab.exceptions import DataContractError, NoDataError
+from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 
 RULES_PATH = Path(__file__).with_name("quality.yaml")
 
@@ -110,6 +129,9 @@ DEFECT_LABELS: dict[str, str] = {
     "orphan_interaction": "interactions without a known customer",
     "duplicate_customer": "duplicate customer records",
     "duplicate_key": "repeated keys",
+    "stale_data": "stale data",
+    "quarantine": "rows set aside by validation",
+    "outlier": "outliers",
 }
 
 
@@ -133,14 +155,17 @@ def _read_rules(path: str) -> dict:
         return yaml.safe_load(fh)
 
 
-def load_rules(overrides: Mapping | None = None, path: str | Path | None = None) -> dict:
+def load_rules(overrides: Mapping | str | Path | None = None, path: str | Path | None = None
+               ) -> dict:
     """The data-quality rules: ``quality.yaml`` merged with ``overrides``.
 
     Parameters
     ----------
-    overrides : mapping, optional
+    overrides : mapping, or a YAML file, optional
         Keys to replace; dictionaries merge key by key, lists and scalars
         replace (e.g. ``{"domains": {"orders": {"status": ["paid", "open"]}}}``).
+        A file name is read as YAML (relative names also from the project
+        root, as a user types them); ``""`` or None: none.
     path : path, optional
         Another rules file instead of the packaged one.
 
@@ -149,13 +174,91 @@ def load_rules(overrides: Mapping | None = None, path: str | Path | None = None)
     dict
         A fresh copy (changing it does not change later calls).
 
+    Raises
+    ------
+    ParameterError
+        The overrides file is missing or not a YAML mapping.
+
     Examples
     --------
     >>> load_rules({"dedupe": {"threshold": 0.95}})["dedupe"]["threshold"]
     0.95
     """
     base = _read_rules(str(path or RULES_PATH))
+    if isinstance(overrides, (str, Path)):
+        overrides = _read_overrides(overrides)
     return _deep_merge(base, overrides or {})
+
+
+def _read_overrides(name: str | Path) -> dict:
+    from crmlab import config
+
+    if not str(name).strip():
+        return {}
+    p = config.project_path(name)
+    doc = config.load_yaml(p, "quality rules (parameter rules)")
+    unknown = sorted(set(doc) - set(_read_rules(str(RULES_PATH))))
+    if unknown:
+        raise ParameterError(f"quality rules file {p.name}: unknown section(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(_read_rules(str(RULES_PATH)))}")
+    return doc
+
+
+def source_rules(rules: dict, mapping: Mapping | None) -> dict:
+    """The rules made to fit one source: what its mapping declares
+    (``crmlab.sources.load_mapping``) is taken as the source's own truth.
+
+    - ``values`` (foreign -> canonical value maps), together with the data
+      contract's synonyms (``crmlab.schema.VALUE_MAPS``), become
+      ``rules["value_maps"][table][column]``: a mapped value is in its domain;
+    - ``date_format`` becomes ``rules["source_date_formats"][table][column]``,
+      tried before the known formats;
+    - ``limits``: a ``min``/``max`` of an amount replace its ``min`` and
+      ``absurd_max``; a ``min``/``max`` of a date replace its ``min``/``max``.
+
+    Returns a new dict; ``rules`` is not changed.
+
+    Examples
+    --------
+    >>> m = {"tables": {"orders": {"limits": {"amount": {"max": 200000}},
+    ...                            "values": {"status": {"已支付": "paid"}}}}}
+    >>> r = source_rules(load_rules(), m)
+    >>> r["amounts"]["orders"]["amount"]["absurd_max"], r["value_maps"]["orders"]["status"]["已支付"]
+    (200000, 'paid')
+    """
+    from crmlab import schema
+
+    out = copy.deepcopy(rules)
+    maps: dict = {t: {c: {str(k).strip().lower(): v for k, v in m.items()} for c, m in cols.items()}
+                  for t, cols in schema.VALUE_MAPS.items()}
+    formats: dict = {}
+    for table, settings in ((mapping or {}).get("tables") or {}).items():
+        settings = settings or {}
+        for col, vmap in (settings.get("values") or {}).items():
+            maps.setdefault(table, {}).setdefault(col, {}).update(
+                {str(k).strip().lower(): v for k, v in vmap.items()})
+        for col, fmts in (settings.get("date_format") or {}).items():
+            formats.setdefault(table, {})[col] = [fmts] if isinstance(fmts, str) else list(fmts)
+        for col, lim in (settings.get("limits") or {}).items():
+            amount = out.get("amounts", {}).get(table, {}).get(col)
+            date = out.get("dates", {}).get("columns", {}).get(table, {}).get(col)
+            if amount is not None:
+                if lim.get("min") is not None:
+                    amount["min"] = lim["min"]
+                if lim.get("max") is not None:
+                    amount["absurd_max"] = lim["max"]
+            elif date is not None:
+                for k in ("min", "max"):
+                    if lim.get(k) is not None:
+                        date[k] = str(lim[k])
+    out["value_maps"] = maps
+    out["source_date_formats"] = formats
+    out["source_mapping_values"] = {
+        t: sorted((st or {}).get("values") or {})
+        for t, st in ((mapping or {}).get("tables") or {}).items() if (st or {}).get("values")}
+    out["source_decimal"] = {t: (st or {}).get("decimal") or "."
+                             for t, st in ((mapping or {}).get("tables") or {}).items()}
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -193,41 +296,106 @@ def _blank(col: ir.Value) -> ir.BooleanValue:
     return col.isnull()
 
 
-def _blank_by_values(t: ir.Table, column: str) -> ir.BooleanValue:
+def value_counts(t: ir.Table, columns: Sequence[str], *, limit: int | None = None
+                 ) -> dict[str, pd.DataFrame | None]:
+    """How often each value of some (categorical) columns occurs, in one query.
+
+    Transforms a table into, per column, a small frame ``_v`` (the value as
+    text), ``_n`` (rows) of its non-null values -- or None when the column
+    has more than ``limit`` (default ``MAX_DISTINCT_CLASSIFIED``) distinct
+    values. The group-bys of all columns run as one UNION ALL, so the engine
+    plans and scans once per call. Values stay inside crmlab's rules (they
+    are classified, never reported).
+    """
+    limit = MAX_DISTINCT_CLASSIFIED if limit is None else limit
+    columns = [c for c in dict.fromkeys(columns) if c in t.columns]
+    if not columns:
+        return {}
+    parts = [t.filter(t[c].notnull()).group_by(_v=t[c].cast("string"))
+             .aggregate(_n=ibis._.count()).limit(limit + 1).mutate(_c=ibis.literal(c))
+             for c in columns]
+    df = (ibis.union(*parts) if len(parts) > 1 else parts[0]).to_pandas()
+    out: dict[str, pd.DataFrame | None] = {}
+    for c in columns:
+        part = df[df["_c"] == c]
+        out[c] = (None if len(part) > limit else
+                  pd.DataFrame({"_v": part["_v"].astype(str).to_numpy(),
+                                "_n": part["_n"].astype("int64").to_numpy()}))
+    return out
+
+
+def _blank_by_values(t: ir.Table, column: str, counts: pd.DataFrame | None = None
+                     ) -> ir.BooleanValue:
     """:func:`_blank` for a low-cardinality text column: its distinct values
-    are classified once, then each row is a null test and a short lookup."""
+    (``counts``, from :func:`value_counts`) are classified once, then each
+    row is a null test and a short lookup."""
     col = t[column]
     if not _is_string(col):
         return _blank(col)
-    distinct = (t.filter(col.notnull()).select(_v=col).distinct().limit(10_001)
-                .to_pandas()["_v"].astype(str).tolist())
-    if len(distinct) > 10_000:
+    if counts is None:
+        counts = value_counts(t, [column]).get(column)
+    if counts is None:
         return _blank(col)
-    tokens = [v for v in distinct if " ".join(v.split()).lower() in NULL_TOKENS]
-    return col.isnull() | col.isin(tokens) if tokens else col.isnull()
+    tokens = [v for v in counts["_v"] if " ".join(v.split()).lower() in NULL_TOKENS]
+    return col.isnull() | _isin(col, tokens) if tokens else col.isnull()
+
+
+# lists longer than this are tested as ``IN (SELECT ...)`` of a small
+# in-memory table: engines compare a literal IN list item by item on every
+# row (DuckDB: 300 values cost 30x the time of 10), and hash a subquery once
+ISIN_LITERAL_MAX = 8
+
+
+def _isin(expr: ir.Value, values: Sequence) -> ir.BooleanValue:
+    """``expr IN values``, fast for long lists (:data:`ISIN_LITERAL_MAX`)."""
+    values = list(dict.fromkeys(values))
+    if not values:
+        return ibis.literal(False)
+    if len(values) <= ISIN_LITERAL_MAX:
+        return expr.isin(values)
+    return expr.isin(ibis.memtable(pd.DataFrame({"_v": values}))._v)
 
 
 def _in_list(expr: ir.StringValue, values: Sequence[str]) -> ir.BooleanValue:
-    """``expr IN values``; a long list (every ISO country code) becomes one
-    substring search in a delimited literal, which engines run far faster
-    than a long chain of comparisons."""
-    values = [str(v) for v in values]
-    if len(values) <= 16:
-        return expr.isin(values)
-    sep = "\x1f"
-    return ibis.literal(sep + sep.join(values) + sep).contains(sep + expr + sep)
+    """``expr IN values`` for text (every ISO country code ...)."""
+    return _isin(expr, [str(v) for v in values])
 
 
-def _as_number(col: ir.Value) -> ir.NumericValue:
+def _as_number(col: ir.Value, decimal: str = ".") -> ir.NumericValue:
+    """A number column as numbers; text is read as crmlab.sources reads it
+    (currency signs and thousands separators allowed: ``¥1,234.50``), NULL
+    where it is no number."""
     if _is_string(col):
-        return col.strip().try_cast("float64")
+        from crmlab.sources import _parse_number
+
+        return _parse_number(col.strip(), decimal)
     if col.type().is_boolean():
         return col.cast("int8")
     return col
 
 
-def _as_timestamp(col: ir.Value, rules: dict) -> ir.TimestampValue:
-    """A date column as a timestamp; text is parsed with every known format."""
+def date_parse_formats(rules: dict, extra: Sequence[str] = ()) -> list[str]:
+    """The strptime formats tried, in order, on a text date: ``extra`` (a
+    source mapping's ``date_format`` for the column) first, then every
+    ``format`` and ``alt_format`` of ``rules["date_formats"]``.
+
+    Examples
+    --------
+    >>> date_parse_formats(load_rules(), ["%d.%m.%y"])[:2]
+    ['%d.%m.%y', '%Y-%m-%d']
+    """
+    out = list(extra)
+    for f in rules["date_formats"]:
+        alt = f.get("alt_format") or []
+        for fmt in [f["format"], *([alt] if isinstance(alt, str) else alt)]:
+            if fmt not in out:
+                out.append(fmt)
+    return out
+
+
+def _as_timestamp(col: ir.Value, rules: dict, extra: Sequence[str] = ()) -> ir.TimestampValue:
+    """A date column as a timestamp; text is parsed with every known format
+    (:func:`date_parse_formats`)."""
     t = col.type()
     if t.is_timestamp():
         return col
@@ -243,12 +411,7 @@ def _as_timestamp(col: ir.Value, rules: dict) -> ir.TimestampValue:
             # other engines: ISO dates only (TRY_STRPTIME is DuckDB's); map the
             # source's date_format in its mapping to type the column instead
             return s.try_cast("timestamp")
-        parsed = []
-        for f in rules["date_formats"]:
-            parsed.append(try_strptime(s, f["format"]))
-            if f.get("alt_format"):
-                parsed.append(try_strptime(s, f["alt_format"]))
-        return ibis.coalesce(*parsed)
+        return ibis.coalesce(*[try_strptime(s, f) for f in date_parse_formats(rules, extra)])
     return col.cast("timestamp")
 
 
@@ -594,15 +757,15 @@ class Check:
     applies: ir.BooleanValue
 
 
-# tables up to this many rows evaluate their rules once into a cached table
-# of booleans (about 60 bytes a row); larger ones are read twice instead
-CACHE_MAX_ROWS = 2_000_000
-
-
 def run_checks(t: ir.Table, checks: Sequence[Check], *, row_col: str = "_row",
-               key_col: str | None = None, list_rows: bool = True, cache: bool | None = None
+               key_col: str | None = None, list_rows: bool = True
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Count and list the rows each check flags.
+    """Count and list the rows each check flags, in one pass over the table.
+
+    Every rule is evaluated once per row; one aggregation returns, per
+    check, the rows it looks at, the rows it flags and (for checks with a
+    row-level defect class) the flagged rows' numbers and keys as arrays, so
+    a 40-million-row table is read once.
 
     Parameters
     ----------
@@ -612,11 +775,7 @@ def run_checks(t: ir.Table, checks: Sequence[Check], *, row_col: str = "_row",
     row_col, key_col : str
         Row identifier and (optional) primary key carried into the list.
     list_rows : bool
-        Also return the flagged rows (a second query).
-    cache : bool, optional
-        Evaluate every rule once into a temporary table of booleans that both
-        queries read (faster, costs memory); default: when the table has at
-        most ``CACHE_MAX_ROWS`` rows.
+        Also return the flagged rows.
 
     Returns
     -------
@@ -632,7 +791,7 @@ def run_checks(t: ir.Table, checks: Sequence[Check], *, row_col: str = "_row",
     if not checks:
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=flag_cols)
     hits = [(c.applies & c.flag).fill_null(False) for c in checks]
-    key = t[key_col] if key_col and key_col in t.columns else ibis.null().cast("string")
+    has_key = bool(key_col and key_col in t.columns)
     per_row, alias, seen = {}, {}, []
     for i, (c, h) in enumerate(zip(checks, hits)):
         if isinstance(c.applies, ir.Column):
@@ -644,46 +803,37 @@ def run_checks(t: ir.Table, checks: Sequence[Check], *, row_col: str = "_row",
             alias[f"a{i}"] = same or f"a{i}"
         if isinstance(h, ir.Column):
             per_row[f"f{i}"] = h
-    flags = t.select(_r=_row_id(t, row_col), _k=key, **per_row)
-    if cache is None:
-        cache = int(t.count().execute()) <= CACHE_MAX_ROWS
-    if cache:
-        # every rule evaluated once per row into a narrow table of booleans
-        # that the counts and the list of flagged rows both read
-        flags = flags.cache()
-    try:
-        n_rows = flags.count()
-        aggs = {}
-        for i, (c, h) in enumerate(zip(checks, hits)):
-            for name, e in ((f"a{i}", c.applies), (f"f{i}", h)):
-                col = alias.get(name, name)
-                aggs[name] = (flags[col].cast("int64").sum() if col in per_row
-                              else ibis.ifelse(e.fill_null(False), n_rows, 0))  # constant rule
-        counts = flags.aggregate(**aggs).to_pandas().iloc[0]
-        rows = []
-        for i, c in enumerate(checks):
-            checked = int(counts[f"a{i}"] or 0)
-            failed = int(counts[f"f{i}"] or 0)
-            rows.append([c.table, c.column, c.check, c.dimension, c.defect, checked, failed,
-                         _pct(failed, checked)])
-        summary = pd.DataFrame(rows, columns=cols)
-        active = [i for i, c in enumerate(checks) if c.defect and int(counts[f"f{i}"] or 0) > 0
-                  and f"f{i}" in per_row]
-        if not list_rows or not active:
-            return summary, pd.DataFrame(columns=flag_cols)
-        sel = (flags.filter(ibis.or_(*[flags[f"f{i}"] for i in active]))
-               .select("_r", "_k", *[f"f{i}" for i in active]).to_pandas())
-    finally:
-        if cache:
-            flags.release()
-    parts = []
-    for i in active:
-        c = checks[i]
-        hit = sel[sel[f"f{i}"].astype(bool)]
-        keys = hit["_k"].astype("string").where(hit["_k"].notna(), None)
-        parts.append(pd.DataFrame({"table": c.table, "row": hit["_r"].astype("int64"),
-                                   "key": keys, "column": c.column, "check": c.check,
-                                   "defect": c.defect}))
+    extra = {"_k": t[key_col].cast("string")} if has_key else {}
+    flags = t.select(_r=_row_id(t, row_col), **extra, **per_row)
+    n_rows = flags.count()
+    aggs = {}
+    listed = []
+    for i, (c, h) in enumerate(zip(checks, hits)):
+        for name, e in ((f"a{i}", c.applies), (f"f{i}", h)):
+            col = alias.get(name, name)
+            aggs[name] = (flags[col].cast("int64").sum() if col in per_row
+                          else ibis.ifelse(e.fill_null(False), n_rows, 0))  # constant rule
+        if list_rows and c.defect and f"f{i}" in per_row:
+            aggs[f"r{i}"] = flags._r.collect(where=flags[f"f{i}"])
+            if has_key:
+                aggs[f"k{i}"] = flags._k.collect(where=flags[f"f{i}"])
+            listed.append(i)
+    got = flags.aggregate(**aggs).to_pyarrow()
+    value = {name: got.column(name)[0].as_py() for name in got.column_names
+             if not name.startswith(("r", "k"))}
+    rows, parts = [], []
+    for i, c in enumerate(checks):
+        checked = int(value[f"a{i}"] or 0)
+        failed = int(value[f"f{i}"] or 0)
+        rows.append([c.table, c.column, c.check, c.dimension, c.defect, checked, failed,
+                     _pct(failed, checked)])
+        if i in listed and failed:
+            r = got.column(f"r{i}")[0].values.to_numpy(zero_copy_only=False).astype("int64")
+            k = (pd.array(got.column(f"k{i}")[0].values.to_pylist(), dtype="string") if has_key
+                 else pd.array([None] * len(r), dtype="string"))
+            parts.append(pd.DataFrame({"table": c.table, "row": r, "key": k, "column": c.column,
+                                       "check": c.check, "defect": c.defect}))
+    summary = pd.DataFrame(rows, columns=cols)
     flagged = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=flag_cols)
     return summary, flagged
 
@@ -712,19 +862,28 @@ def _email_syntax_bad(col: ir.Value, r: dict) -> ir.BooleanValue:
     return ~e.re_search(r["pattern"]).fill_null(False) | (e.length() > r["max_length"])
 
 
+def _email_domain(col: ir.Value) -> ir.StringValue:
+    """The lower-case text after the first "@" (string functions, no regex)."""
+    e = col.cast("string").strip()
+    return e.substr(e.find("@") + 1).lower()
+
+
 def email_checks(t: ir.Table, table: str, column: str, rules: dict) -> list[Check]:
     """Email syntax (the pattern of ``quality.yaml`` on the trimmed value,
     at most ``max_length`` characters) and domain sanity (reserved top-level
     domains, misspelled provider domains)."""
     r = rules["email"]
-    e = t[column].cast("string").strip()
     applies = ~_blank(t[column])
     helper = f"_syntax_bad__{column}"
     syntax_bad = t[helper] if helper in t.columns else _email_syntax_bad(t[column], r)
-    domain = e.lower().re_extract(r"@([^@]+)$", 1)
+    # the domain (after the "@" of an address that passed the syntax check)
+    # is computed once per row (a helper column of table_checks) and then
+    # looked up; its top-level domain is the part after the domain's last dot
+    dom_col = f"_domain__{column}"
+    domain = t[dom_col] if dom_col in t.columns else _email_domain(t[column])
     tld = domain.re_extract(r"\.([^.]+)$", 1)
-    domain_bad = (tld.isin([x.lower() for x in r["reserved_tlds"]])
-                  | domain.isin([x.lower() for x in r["misspelled_domains"]]))
+    domain_bad = (_isin(domain, [x.lower() for x in r["misspelled_domains"]])
+                  | _isin(tld, [x.lower() for x in r["reserved_tlds"]]))
     return [Check(table, column, "email_syntax", "validity", "invalid_email", syntax_bad, applies),
             Check(table, column, "email_domain", "validity", "invalid_email",
                   domain_bad & ~syntax_bad, applies)]
@@ -755,13 +914,14 @@ def date_checks(t: ir.Table, table: str, column: str, rule: dict, rules: dict,
     return out
 
 
-def amount_checks(t: ir.Table, table: str, column: str, rule: dict,
-                  reference_col: str | None = None) -> list[Check]:
+def amount_checks(t: ir.Table, table: str, column: str, rule: dict, *,
+                  absurd_rows: Sequence[int] | None = None, row_col: str = "_row",
+                  decimal: str = ".") -> list[Check]:
     """Negative (below ``min``) and absurd amounts: above ``absurd_max``, or
-    more than ``absurd_factor`` times the row's reference value
-    (``reference_col``, e.g. the order's line total)."""
+    among ``absurd_rows`` (rows found more than ``absurd_factor`` times
+    their reference, see :func:`basket_absurd_rows`)."""
     col = t[column]
-    x = _as_number(col)
+    x = _as_number(col, decimal)
     applies = ~_blank(col)
     out = []
     if _is_string(col):
@@ -774,9 +934,8 @@ def amount_checks(t: ir.Table, table: str, column: str, rule: dict,
     absurd = ibis.literal(False)
     if rule.get("absurd_max") is not None:
         absurd = absurd | (x > rule["absurd_max"])
-    if rule.get("absurd_factor") and reference_col and reference_col in t.columns:
-        ref = t[reference_col]
-        absurd = absurd | ((ref > 0) & (x > ref * rule["absurd_factor"])).fill_null(False)
+    if absurd_rows is not None and len(absurd_rows) and row_col in t.columns:
+        absurd = absurd | _isin(t[row_col], [int(r) for r in absurd_rows])
     if rule.get("absurd_max") is not None or rule.get("absurd_factor"):
         out.append(Check(table, column, "absurd", "validity", "absurd_amount", absurd, known))
     return out
@@ -791,58 +950,91 @@ def _fold(v: str) -> str:
     return " ".join(str(v).split()).lower()
 
 
-def domain_checks(t: ir.Table, table: str, column: str, domain: Sequence) -> list[Check]:
+# a domain that more than this share of a column's filled values falls
+# outside is not the column's vocabulary (a source with its own codes): the
+# check is not applied, and the page says so
+DOMAIN_MAX_OUTSIDE = 0.5
+
+
+def domain_checks(t: ir.Table, table: str, column: str, domain: Sequence, *,
+                  value_map: Mapping[str, str] | None = None, notes: list | None = None,
+                  counts: pd.DataFrame | None = None) -> list[Check]:
     """A categorical column against its allowed values, compared trimmed and
     case-folded: outside = ``out_of_domain``; inside but written another way
     (``' PAID'``, ``Paid``) = ``case_whitespace`` (consistency).
 
-    The column's distinct values are classified once (a group-by in the
+    ``value_map`` (folded foreign value -> canonical value: a source
+    mapping's ``values`` and the contract's synonyms) puts mapped values
+    inside the domain, as crmlab reads them so. When more than
+    ``DOMAIN_MAX_OUTSIDE`` of the filled values fall outside, the domain is
+    not the column's vocabulary: no check is made and a sentence is added
+    to ``notes``.
+
+    The column's distinct values are counted once (a group-by in the
     engine; values never leave crmlab's queries) and rows are flagged by
     looking their value up, so a 20-million-row column costs one scan."""
     col = t[column]
     allowed = ([str(v) for v in domain] if not isinstance(domain, str)
                else sorted(phonenumbers.SUPPORTED_REGIONS) if domain == "iso3166" else [domain])
+    vmap = {str(k).strip().lower(): str(v) for k, v in (value_map or {}).items()}
     applies = ~_blank(col)
     s = col.cast("string")
-    distinct = (t.filter(col.notnull()).select(_v=s).distinct().limit(MAX_DISTINCT_CLASSIFIED + 1)
-                .to_pandas()["_v"].astype(str).tolist())
-    if len(distinct) <= MAX_DISTINCT_CLASSIFIED:
+    if counts is None:
+        counts = value_counts(t, [column]).get(column)
+    if counts is not None:
+        values = counts["_v"].astype(str).tolist()
         folded_allowed = {v.lower() for v in allowed}
         exact = set(allowed)
-        outside = [v for v in distinct if _fold(v) not in folded_allowed
-                   and _fold(v) not in NULL_TOKENS]
-        variant = [v for v in distinct if _fold(v) in folded_allowed and v not in exact]
-        out_flag = s.isin(outside) if outside else ibis.literal(False)
-        var_flag = s.isin(variant) if variant else ibis.literal(False)
+
+        def inside(v):
+            f = _fold(v)
+            return f in folded_allowed or vmap.get(f, "").lower() in folded_allowed
+
+        outside = [v for v in values if not inside(v) and _fold(v) not in NULL_TOKENS]
+        variant = [v for v in values if _fold(v) in folded_allowed and v not in exact]
+        filled = counts.loc[[_fold(v) not in NULL_TOKENS for v in values], "_n"].sum()
+        n_out = counts.loc[counts["_v"].astype(str).isin(outside), "_n"].sum()
+        if filled and n_out > DOMAIN_MAX_OUTSIDE * filled:
+            if notes is not None:
+                notes.append(f"{table}.{column} uses its own values ({n_out / filled:.0%} are not "
+                             f"among {', '.join(allowed[:8])}{' ...' if len(allowed) > 8 else ''}), "
+                             f"so its allowed-values check was not applied; list its values under "
+                             f"domains in the quality rules (or map them in the source mapping).")
+            return []
+        out_flag = _isin(s, outside)
+        var_flag = _isin(s, variant)
     else:   # free text configured as a category: compare row by row
-        inside = _in_list(_domain_fold(col), [v.lower() for v in allowed])
-        out_flag, var_flag = ~inside, inside & ~_in_list(s, allowed)
+        inside_expr = _in_list(_domain_fold(col), [v.lower() for v in allowed])
+        out_flag, var_flag = ~inside_expr, inside_expr & ~_in_list(s, allowed)
     return [Check(table, column, "domain", "validity", "out_of_domain", out_flag, applies),
             Check(table, column, "canonical_spelling", "consistency", "case_whitespace",
                   var_flag, applies)]
 
 
-def range_checks(t: ir.Table, table: str, column: str, bounds: Sequence) -> list[Check]:
+def range_checks(t: ir.Table, table: str, column: str, bounds: Sequence, decimal: str = "."
+                 ) -> list[Check]:
     """A numeric scale within ``[low, high]`` (e.g. satisfaction 1-5)."""
     col = t[column]
-    x = _as_number(col)
+    x = _as_number(col, decimal)
     lo, hi = bounds
     applies = ~_blank(col) & x.notnull()
     return [Check(table, column, "range", "validity", "out_of_domain", (x < lo) | (x > hi), applies)]
 
 
-def _spelling_variants(t: ir.Table, column: str, canonical: Sequence | None = None) -> list[str]:
+def _spelling_variants(t: ir.Table, column: str, canonical: Sequence | None = None,
+                       counts: pd.DataFrame | None = None) -> list[str]:
     """The spellings of a text column that differ from the canonical one of
     their trimmed, case-folded form: the domain value when ``canonical`` is
     given, else the most frequent spelling. (Values stay in the engine's
-    query; they are never reported.)"""
-    col = t[column].cast("string")
-    counts = (t.filter(~_blank(t[column])).group_by(_v=col).aggregate(_n=ibis._.count())
-              .to_pandas())
+    query; they are never reported.) ``counts``: :func:`value_counts`."""
+    if counts is None:
+        col = t[column].cast("string")
+        counts = (t.filter(t[column].notnull()).group_by(_v=col).aggregate(_n=ibis._.count())
+                  .to_pandas())
+    counts = counts[[_fold(v) not in NULL_TOKENS for v in counts["_v"].astype(str)]]
     if counts.empty:
         return []
-    counts["_f"] = (counts["_v"].astype(str).str.strip().str.replace(r"\s+", " ", regex=True)
-                    .str.lower())
+    counts = counts.assign(_f=[_fold(v) for v in counts["_v"].astype(str)])
     if canonical is not None:
         allowed = {str(v) for v in canonical}
         folded = {str(v).lower() for v in canonical}
@@ -855,23 +1047,55 @@ def _spelling_variants(t: ir.Table, column: str, canonical: Sequence | None = No
     return bad["_v"].astype(str).tolist()
 
 
-def text_checks(t: ir.Table, table: str, column: str) -> list[Check]:
+def text_checks(t: ir.Table, table: str, column: str, counts: pd.DataFrame | None = None
+                ) -> list[Check]:
     """Stray spaces and case variants of a free-text column: a value is
     inconsistent when it is not the most frequent spelling of its trimmed,
     case-folded form (``' Beijing'``, ``BEIJING`` beside ``Beijing``)."""
     col = t[column]
-    variants = _spelling_variants(t, column)
-    flag = col.cast("string").isin(variants) if variants else ibis.literal(False)
+    variants = _spelling_variants(t, column, counts=counts)
+    flag = _isin(col.cast("string"), variants)
     return [Check(table, column, "canonical_spelling", "consistency", "case_whitespace",
                   flag, ~_blank(col))]
 
 
 def _format_class(col: ir.StringValue, formats: Sequence[dict]) -> ir.StringValue:
-    s = col.strip()
-    out = ibis.literal("other")
-    for f in reversed(formats):
-        out = ibis.ifelse(s.re_search(f["regex"]).fill_null(False), f["name"], out)
-    return out
+    """The name of the first format whose pattern the trimmed value matches
+    (``"other"`` if none): a CASE that the engine stops at the first match,
+    so values in an early, common format cost one pattern each."""
+    s = col.cast("string").strip()
+
+    def chain(fs):
+        out = ibis.literal("other")
+        for f in reversed(fs):
+            out = ibis.ifelse(s.re_search(f["regex"]).fill_null(False), f["name"], out)
+        return out
+
+    # dispatch on the first character: a pattern that can only start with
+    # "+" is not tried on "13812345678" (first-match order is kept)
+    first = {f["name"]: _literal_start(f["regex"]) for f in formats}
+    result = chain([f for f in formats if first[f["name"]] is None])
+    for ch in sorted({c for c in first.values() if c}):
+        result = ibis.ifelse(s.startswith(ch),
+                             chain([f for f in formats if first[f["name"]] in (ch, None)]), result)
+    return result
+
+
+def _literal_start(pattern: str) -> str | None:
+    """The character every match of an anchored pattern starts with, when
+    it is plain to see (``^\\+...`` -> ``+``, ``^(00|011)...`` -> ``0``),
+    else None.
+
+    Examples
+    --------
+    >>> _literal_start(r"^\\(\\+\\d{1,3}\\)"), _literal_start(r"^\\d+$")
+    ('(', None)
+    """
+    m = re.match(r"^\^(?:\\([^\w\s])|([^\\\[\](){}.*+?^$|\w\s])|\((\w)\w*(?:\|\3\w*)+\))",
+                 pattern)
+    if not m:
+        return None
+    return next(g for g in m.groups() if g)
 
 
 def format_mix(t: ir.Table, column: str, formats: Sequence[dict], *,
@@ -886,10 +1110,9 @@ def format_mix(t: ir.Table, column: str, formats: Sequence[dict], *,
     value matches (``"other"`` if none); ``group`` is ``group_col`` (e.g.
     the country, since each country writes phones its own way) or ``"all"``.
     """
-    col = t[column].cast("string")
     grp = (t[group_col].cast("string").strip().upper().fill_null("?")
            if group_col and group_col in t.columns else ibis.literal("all"))
-    x = t.filter(~_blank(t[column])).mutate(_g=grp, _fmt=_format_class(col, formats))
+    x = t.filter(~_blank(t[column])).mutate(_g=grp, _fmt=_format_class(t[column], formats))
     out = x.group_by(["_g", "_fmt"]).aggregate(rows=x.count()).to_pandas()
     out = out.rename(columns={"_g": "group", "_fmt": "format"})
     out["share"] = out["rows"] / out.groupby("group")["rows"].transform("sum")
@@ -918,13 +1141,11 @@ def format_checks(t: ir.Table, table: str, column: str, formats: Sequence[dict],
         mix["canonical"] = mix["share"] >= min_share
     mix.loc[mix["format"] == "other", "canonical"] = True
     minority = mix[~mix["canonical"]]
-    col = t[column].cast("string")
     grp = (t[group_col].cast("string").strip().upper().fill_null("?")
            if group_col and group_col in t.columns else ibis.literal("all"))
-    fmt = _format_class(col, formats)
     # one membership test, so the format is classified once per row
     bad = sorted({f"{g}|{f}" for g, f in zip(minority["group"], minority["format"])})
-    flag = (grp + "|" + fmt).isin(bad) if bad else ibis.literal(False)
+    flag = _isin(grp + "|" + _format_class(t[column], formats), bad)
     return [Check(table, column, check, "consistency", defect, flag, ~_blank(t[column]))], mix
 
 
@@ -939,8 +1160,65 @@ def _join_keys(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value]:
     return a.cast("string").strip(), b.cast("string").strip()
 
 
+# integer keys spanning at most this many values are looked up in a bitmap
+# (one bit per possible key: 2**28 bits = 32 MiB) instead of a hash join
+BITMAP_MAX_BITS = 1 << 28
+
+
+def _duckdb(expr: ir.Expr):
+    """The DuckDB backend that runs ``expr``, or None on another engine."""
+    try:
+        backend = expr._find_backend(use_default=True)
+    except Exception:  # noqa: BLE001 - several backends or none: no raw SQL
+        return None
+    return backend if getattr(backend, "name", None) == "duckdb" else None
+
+
+def _key_range(keys: ir.IntegerValue) -> tuple[int, int, int] | None:
+    """``(min, max, count)`` of an integer key column, when a bitmap over its
+    range is small enough (else None)."""
+    rel = keys.op().rel.to_expr() if isinstance(keys, ir.Column) else None
+    if rel is None:
+        return None
+    got = rel.aggregate(lo=keys.min(), hi=keys.max(), n=keys.count()).to_pyarrow().to_pylist()[0]
+    if got["lo"] is None:
+        return None
+    lo, hi = int(got["lo"]), int(got["hi"])
+    if hi - lo + 1 > BITMAP_MAX_BITS:
+        return None
+    return lo, hi, int(got["n"])
+
+
+def _bitmap_orphans(kids: ir.Table, ck: ir.Value, parent: ir.Table, pk: ir.Value,
+                    row_col: str, key_col: str | None) -> pd.DataFrame | None:
+    """Child rows whose integer key is not among the parent's keys, found
+    with a bitmap of the parent's keys (DuckDB ``bitstring_agg``/``get_bit``):
+    one pass over each table and a few MiB of memory, where a hash anti-join
+    of 40 million order lines against 20 million orders holds gigabytes.
+    None when it does not apply (another engine, keys that are not integers
+    or span too wide a range)."""
+    backend = _duckdb(kids)
+    if backend is None or not (ck.type().is_integer() and pk.type().is_integer()):
+        return None
+    p = parent.select(_k=pk.cast("int64")).filter(ibis._._k.notnull())
+    rng = _key_range(p._k)
+    if rng is None:
+        return None
+    lo, hi, _ = rng
+    key = (kids[key_col].cast("string") if key_col and key_col in kids.columns
+           else ibis.null().cast("string"))
+    c = kids.select(_r=_row_id(kids, row_col), _key=key, _ck=ck.cast("int64"))
+    sql = (f"SELECT _r, _key FROM ({backend.compile(c)}) AS c WHERE c._ck < {lo} OR c._ck > {hi} "
+           f"OR get_bit((SELECT bitstring_agg(_k, {lo}, {hi}) FROM ({backend.compile(p)}) AS p), "
+           f"CAST(c._ck - {lo} AS INTEGER)) = 0")
+    rows = backend.raw_sql(sql).fetchall()
+    return pd.DataFrame({"row": pd.array([r[0] for r in rows], dtype="int64"),
+                         "key": pd.array([r[1] for r in rows], dtype="string")})
+
+
 def integrity(tables: Mapping[str, ir.Table], rules: dict | None = None, *,
-              row_col: str = "_row", list_rows: bool = True
+              row_col: str = "_row", list_rows: bool = True,
+              filled: Mapping[tuple[str, str], int] | None = None
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Referential integrity: child rows whose parent does not exist.
 
@@ -956,6 +1234,9 @@ def integrity(tables: Mapping[str, ir.Table], rules: dict | None = None, *,
         parent_column, checked, orphans, orphan_pct``.
     flagged : DataFrame
         ``table, row, key, column, check, defect`` for each orphan row.
+
+    ``filled`` ((table, column) -> filled cells, from the completeness
+    checks) saves counting the child rows again.
     """
     rules = rules or load_rules()
     cols = ["relationship", "table", "column", "parent", "parent_column", "checked", "orphans",
@@ -969,14 +1250,18 @@ def integrity(tables: Mapping[str, ir.Table], rules: dict | None = None, *,
         ck, pk = _join_keys(child[rel["column"]], parent[rel["parent_column"]])
         keys = parent.select(_pk=pk).filter(ibis._._pk.notnull()).distinct()
         kids = child.filter(~_blank(child[rel["column"]])).mutate(_ck=ck)
-        checked = int(kids.count().execute())
-        orphans = kids.anti_join(keys, kids._ck == keys._pk)
+        known = (filled or {}).get((rel["child"], rel["column"]))
+        checked = int(known) if known is not None else int(kids.count().execute())
         key_col = rules.get("keys", {}).get(rel["child"])
-        key = (orphans[key_col].cast("string") if key_col in orphans.columns
-               else ibis.null().cast("string"))
-        found = orphans.select(row=_row_id(orphans, row_col), key=key).to_pandas() \
-            if list_rows else None
-        n = int(len(found)) if found is not None else int(orphans.count().execute())
+        found = _bitmap_orphans(kids, kids._ck, parent, pk, row_col, key_col)
+        if found is None:
+            orphans = kids.anti_join(keys, kids._ck == keys._pk)
+            key = (orphans[key_col].cast("string") if key_col in orphans.columns
+                   else ibis.null().cast("string"))
+            found = orphans.select(row=_row_id(orphans, row_col), key=key).to_pandas()
+        n = int(len(found))
+        if not list_rows:
+            found = None
         rows.append([rel["name"], rel["child"], rel["column"], rel["parent"],
                      rel["parent_column"], checked, n, _pct(n, checked)])
         if found is not None and n:
@@ -995,8 +1280,21 @@ def duplicate_keys(t: ir.Table, table: str, key: str, *, row_col: str = "_row"
     """
     k = t[key]
     filled = t.filter(~_blank(k))
-    counts = filled.aggregate(n=filled.count(), u=filled[key].nunique()).to_pandas().iloc[0]
-    rows, unique = int(counts["n"]), int(counts["u"])
+    rows = unique = None
+    backend = _duckdb(t)
+    if backend is not None and k.type().is_integer():
+        # a bitmap over the key range counts distinct keys in one pass and a
+        # few MiB (a hash of 20 million keys holds a gigabyte)
+        p = filled.select(_k=filled[key].cast("int64"))
+        rng = _key_range(p._k)
+        if rng is not None:
+            lo, hi, rows = rng
+            unique = backend.raw_sql(f"SELECT bit_count(bitstring_agg(_k, {lo}, {hi})) FROM "
+                                     f"({backend.compile(p)}) AS p").fetchall()[0][0]
+    if rows is None:
+        counts = filled.aggregate(n=filled.count(), u=filled[key].nunique()).to_pandas().iloc[0]
+        rows, unique = int(counts["n"]), int(counts["u"])
+    rows, unique = int(rows), int(unique)
     flag_cols = ["table", "row", "key", "column", "check", "defect"]
     found = pd.DataFrame(columns=flag_cols)
     if rows > unique:
@@ -1034,11 +1332,11 @@ def modified_z(x, median: float, mad: float):
     return MAD_CONSISTENCY * (x - median) / mad
 
 
-OUTLIER_SAMPLE_ROWS = 2_000_000
+OUTLIER_SAMPLE_ROWS = 1_000_000
 
 
-def _outlier_value(col: ir.Value, log: bool) -> ir.FloatingValue:
-    x = col.cast("float64")
+def _outlier_value(col: ir.Value, log: bool, decimal: str = ".") -> ir.FloatingValue:
+    x = _as_number(col, decimal).cast("float64")
     if log:
         return ibis.ifelse(x > 0, x.log10(), ibis.null().cast("float64"))
     return ibis.ifelse(x.isnan(), ibis.null().cast("float64"), x)
@@ -1046,19 +1344,21 @@ def _outlier_value(col: ir.Value, log: bool) -> ir.FloatingValue:
 
 def outliers(t: ir.Table, *, table: str, columns: Sequence[str] | None = None,
              k: float = 3.5, log_columns: Sequence[str] = (), skip_columns: Sequence[str] = (),
-             random_state: int = 42) -> pd.DataFrame:
-    """Outliers per numeric column by the modified z-score, in the engine.
+             random_state: int = 42, n_rows: int | None = None, decimal: str = "."
+             ) -> pd.DataFrame:
+    """Outliers per numeric column by the modified z-score.
 
     A value is an outlier when its modified z-score (Iglewicz & Hoaglin,
     1993) exceeds ``k`` (3.5): it lies more than ``k / 0.6745`` median
     absolute deviations from the median -- on a log10 scale for money and
     counts (``log_columns``, positive values only), where "ten times the
     usual order" is one step. A column where more than half the values are
-    equal has MAD 0 and is not assessed (``lower``/``upper`` empty). Three
-    small queries per table (medians, MADs, counts); nothing leaves the
-    engine but the bounds. On more than ``OUTLIER_SAMPLE_ROWS`` rows the
-    median and MAD come from a seeded uniform sample of that size (their
-    error is far below the fences' width); outliers are counted on all rows.
+    equal has MAD 0 and is not assessed (``lower``/``upper`` empty). The
+    numeric columns are fetched once (numbers only) for the exact median and
+    MAD; above ``OUTLIER_SAMPLE_ROWS`` rows a seeded sample of storage blocks
+    of about that size is fetched instead (its error is far below the
+    fences' width) and the outliers are counted on all rows in one more
+    engine query. Text columns are read as numbers (``decimal`` mark).
 
     Parameters
     ----------
@@ -1072,6 +1372,8 @@ def outliers(t: ir.Table, *, table: str, columns: Sequence[str] | None = None,
     log_columns, skip_columns : sequence of str
     random_state : int
         Seed of the sample on large tables.
+    n_rows : int, optional
+        The table's rows, when known (else counted), to decide on sampling.
 
     Returns
     -------
@@ -1089,47 +1391,53 @@ def outliers(t: ir.Table, *, table: str, columns: Sequence[str] | None = None,
         return pd.DataFrame(columns=cols)
 
     def value(c):
-        return _outlier_value(t[c], c in set(log_columns))
+        return _outlier_value(t[c], c in set(log_columns), decimal)
 
     vals = {c: value(c) for c in columns}
-    # the fences come from at most OUTLIER_SAMPLE_ROWS rows (a seeded uniform
-    # sample) with approximate quantiles (t-digest): exact medians of tens of
-    # millions of values cost a sort each, and the fences need two digits
-    n_rows = int(t.count().execute())
-    base = t
-    if n_rows > OUTLIER_SAMPLE_ROWS:
-        base = t.sample(OUTLIER_SAMPLE_ROWS / n_rows, method="row", seed=random_state)
-    bvals = {c: _outlier_value(base[c], c in set(log_columns)) for c in columns}
-    med = base.aggregate(**{f"m{i}": v.approx_median() for i, v in enumerate(bvals.values())}
-                         ).to_pandas().iloc[0]
-    m = {c: med[f"m{i}"] for i, c in enumerate(columns)}
-    spread = base.aggregate(**{f"d{i}": (v - float(m[c])).abs().approx_median()
-                               for i, (c, v) in enumerate(bvals.items()) if pd.notna(m[c])}
-                            ).to_pandas().iloc[0] if any(pd.notna(x) for x in m.values()) else {}
-    bounds = {}
+    # median and MAD are exact, in numpy, on the values fetched once -- all of
+    # them up to OUTLIER_SAMPLE_ROWS rows, else a seeded uniform sample of
+    # that size (their error is far below the fences' width); the outliers
+    # are then counted on every row, in the engine
+    n_rows = int(t.count().execute()) if n_rows is None else int(n_rows)
+    sampled = n_rows > OUTLIER_SAMPLE_ROWS
+    # a sample of storage blocks (about 2,000 rows each): only those are read
+    base = t.sample(OUTLIER_SAMPLE_ROWS / n_rows, method="block", seed=random_state) \
+        if sampled else t
+    got = base.select(**{f"v{i}": _outlier_value(base[c], c in set(log_columns), decimal)
+                         for i, c in enumerate(columns)}).to_pyarrow()
+    data = {c: got.column(f"v{i}").to_numpy(zero_copy_only=False).astype(float)
+            for i, c in enumerate(columns)}
+    m, bounds, cnt = {}, {}, {}
     for i, c in enumerate(columns):
-        if pd.isna(m[c]):
+        a = data[c][~np.isnan(data[c])]
+        if not len(a):
+            m[c] = np.nan
             continue
-        mad = float(spread[f"d{i}"] or 0)
+        m[c] = float(np.median(a))
+        mad = float(np.median(np.abs(a - m[c])))
         half = k * mad / MAD_CONSISTENCY if mad > 0 else None
-        bounds[c] = (float(m[c]) - half, float(m[c]) + half) if half is not None else None
-    aggs = {f"n{i}": vals[c].count() for i, c in enumerate(columns)}
-    for i, c in enumerate(columns):
-        if bounds.get(c):
-            lo, hi = bounds[c]
-            aggs[f"l{i}"] = (vals[c] < lo).cast("int64").sum()
-            aggs[f"h{i}"] = (vals[c] > hi).cast("int64").sum()
-    cnt = t.aggregate(**aggs).to_pandas().iloc[0]
+        bounds[c] = (m[c] - half, m[c] + half) if half is not None else None
+        if not sampled:
+            lo, hi = bounds[c] or (-np.inf, np.inf)
+            cnt.update({f"n{i}": len(a), f"l{i}": int((a < lo).sum()), f"h{i}": int((a > hi).sum())})
+    if sampled:
+        aggs = {f"n{i}": vals[c].count() for i, c in enumerate(columns)}
+        for i, c in enumerate(columns):
+            if bounds.get(c):
+                lo, hi = bounds[c]
+                aggs[f"l{i}"] = (vals[c] < lo).cast("int64").sum()
+                aggs[f"h{i}"] = (vals[c] > hi).cast("int64").sum()
+        cnt = t.aggregate(**aggs).to_pandas().iloc[0].to_dict()
     rows = []
     for i, c in enumerate(columns):
         log = c in set(log_columns)
         back = (lambda v: 10 ** v) if log else (lambda v: v)
-        n = int(cnt[f"n{i}"] or 0)
         if pd.isna(m[c]):
             continue
+        n = int(cnt.get(f"n{i}") or 0)
         b = bounds.get(c)
-        low = int(cnt[f"l{i}"] or 0) if b else 0
-        high = int(cnt[f"h{i}"] or 0) if b else 0
+        low = int(cnt.get(f"l{i}") or 0) if b else 0
+        high = int(cnt.get(f"h{i}") or 0) if b else 0
         rows.append([table, c, "log10" if log else "linear", n, back(float(m[c])),
                      back(b[0]) if b else None, back(b[1]) if b else None, low, high,
                      low + high, _pct(low + high, n)])
@@ -1171,13 +1479,15 @@ def freshness_score(lag_days: float | None, fresh_days: float, stale_days: float
     return 100.0 * (stale_days - lag_days) / (stale_days - fresh_days)
 
 
-def freshness(tables: Mapping[str, ir.Table], reference: dt.datetime, rules: dict | None = None
-              ) -> pd.DataFrame:
+def freshness(tables: Mapping[str, ir.Table], reference: dt.datetime, rules: dict | None = None,
+              *, coverage: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """Freshness of each dated table against the reference date.
 
     Returns one row per table of ``rules["timeliness"]["columns"]`` that is
     present: ``table, column, first, latest, reference, lag_days, score``
     (lag = whole days from the newest plausible record to the reference).
+    ``coverage`` (table -> :func:`date_coverage` of that column) saves the
+    queries when the caller has them.
     """
     rules = rules or load_rules()
     tl = rules["timeliness"]
@@ -1187,7 +1497,8 @@ def freshness(tables: Mapping[str, ir.Table], reference: dt.datetime, rules: dic
         if t is None or column not in t.columns:
             continue
         rule = rules["dates"]["columns"].get(table, {}).get(column, {})
-        cov = date_coverage(t, column, reference, rules, earliest=rule.get("min", "1900-01-01"))
+        cov = (coverage or {}).get(table) or date_coverage(
+            t, column, reference, rules, earliest=rule.get("min", "1900-01-01"))
         latest = cov["latest"]
         lag = None if pd.isna(latest) else max(
             0, (pd.Timestamp(reference).normalize() - pd.Timestamp(latest).normalize()).days)
@@ -1250,6 +1561,7 @@ class _Source:
             self.quarantine = None
             self.row_counts = None
             self.extracted_at = None
+            self.mapping = None
         else:
             self.names = list(getattr(data, "tables"))
             self._data = data
@@ -1257,6 +1569,7 @@ class _Source:
             self.quarantine = getattr(data, "quarantine", None)
             self.row_counts = getattr(data, "row_counts", None)
             self.extracted_at = getattr(data, "extracted_at", None)
+            self.mapping = getattr(data, "mapping", None)
 
     def raw(self, name: str) -> ir.Table:
         if self._raw is not None:
@@ -1271,41 +1584,65 @@ class _Source:
 
 # only orders above this quantile of amount are compared with their basket
 # (an amount 50 times its basket is far above it); the rest need no lookup
-ABSURD_CANDIDATE_QUANTILE = 0.9
+ABSURD_CANDIDATE_QUANTILE = 0.99
+ABSURD_COMPARE_ALL_ROWS = 2_000_000
 
 
-def _order_amount_reference(orders: ir.Table, tables: Mapping[str, ir.Table]) -> ir.Table:
-    """Add ``_amount_ref``: the order's line total (sum of quantity x
-    unit_price) when order lines exist, else the customer's median order.
+def basket_absurd_rows(orders: ir.Table, tables: Mapping[str, ir.Table], factor: float, *,
+                       row_col: str = "_row", decimal: Mapping[str, str] | None = None,
+                       n_rows: int | None = None) -> list[int]:
+    """The order rows whose amount is more than ``factor`` times their
+    reference: the order's line total (sum of quantity x unit_price) when
+    order lines exist, else the customer's median order.
 
-    With order lines, only the orders above the 90th percentile of amount
-    get a reference (a semi-join keeps the aggregation of lines small on
-    tens of millions of rows); the others cannot be 50 times their basket
-    unless that basket is tiny, and the absolute limit still applies."""
+    With order lines, every order is compared up to
+    ``ABSURD_COMPARE_ALL_ROWS`` orders (``n_rows``, counted when not given);
+    above that only the top 1% of amounts (``ABSURD_CANDIDATE_QUANTILE``) --
+    a semi-join keeps the aggregation of lines small on tens of millions of
+    rows; an order below that is ``factor`` times its basket only when the
+    basket is tiny, and the absolute limit (``absurd_max``) applies to every
+    order.
+    Returns the rows (``row_col``) -- a short list, so the check itself is a
+    lookup, not a join of the whole orders table.
+    """
+    dec_o = (decimal or {}).get("orders", ".")
+    dec_l = (decimal or {}).get("order_lines", ".")
+    if not factor or "amount" not in orders.columns:
+        return []
+    orders = _with_row(orders, row_col)
+    if n_rows is None:
+        n_rows = int(orders.count().execute())
     lines = tables.get("order_lines")
     if lines is not None and {"order_id", "quantity", "unit_price"} <= set(lines.columns) \
-            and "order_id" in orders.columns and "amount" in orders.columns:
-        amt = _as_number(orders.amount)
-        cut = orders.filter(amt > 0).aggregate(
-            q=amt.approx_quantile(ABSURD_CANDIDATE_QUANTILE)).to_pandas()["q"].iloc[0]
-        cut = 0.0 if cut is None or pd.isna(cut) else float(cut)
+            and "order_id" in orders.columns:
+        amt = _as_number(orders.amount, dec_o)
+        cut = 0.0
+        if n_rows is None or n_rows > ABSURD_COMPARE_ALL_ROWS:
+            cut = orders.filter(amt > 0).aggregate(
+                q=amt.approx_quantile(ABSURD_CANDIDATE_QUANTILE)).to_pandas()["q"].iloc[0]
+            cut = 0.0 if cut is None or pd.isna(cut) else float(cut)
         lk, ok = _join_keys(lines.order_id, orders.order_id)
-        o2 = orders.mutate(_ok=ok)
-        cands = o2.filter(_as_number(o2.amount) > cut).select(_ck=o2._ok)
-        l2 = lines.mutate(_lk=lk, _v=_as_number(lines.quantity) * _as_number(lines.unit_price))
-        l2 = l2.semi_join(cands, l2._lk == cands._ck)
-        tot = l2.group_by("_lk").aggregate(_amount_ref=l2._v.sum())
-        return o2.left_join(tot, o2._ok == tot._lk).drop("_ok", "_lk")
-    if "customer_id" in orders.columns and "amount" in orders.columns:
-        o2 = orders.mutate(_amt=_as_number(orders.amount))
-        med = (o2.filter(o2._amt > 0).group_by(_ck=o2.customer_id)
-               .aggregate(_amount_ref=ibis._._amt.median()))
-        return o2.left_join(med, o2.customer_id == med._ck).drop("_ck", "_amt")
-    return orders
+        cands = orders.select(_r=orders[row_col], _ok=ok, _amt=amt).filter(ibis._._amt > cut)
+        l2 = lines.select(_lk=lk, _v=_as_number(lines.quantity, dec_l)
+                          * _as_number(lines.unit_price, dec_l))
+        l2 = l2.semi_join(cands, l2._lk == cands._ok)
+        tot = l2.group_by("_lk").aggregate(_ref=l2._v.sum())
+        j = cands.inner_join(tot, cands._ok == tot._lk)
+    elif "customer_id" in orders.columns:
+        o2 = orders.select(_r=orders[row_col], _c=orders.customer_id,
+                           _amt=_as_number(orders.amount, dec_o))
+        med = (o2.filter(o2._amt > 0).group_by(_ck=o2._c)
+               .aggregate(_ref=ibis._._amt.median()))
+        j = o2.inner_join(med, o2._c == med._ck)
+    else:
+        return []
+    hit = j.filter((j._ref > 0) & (j._amt > j._ref * factor)).select("_r").to_pandas()
+    return sorted(int(r) for r in hit["_r"])
 
 
 def table_checks(name: str, t: ir.Table, rules: dict, reference: dt.datetime, *,
-                 tables: Mapping[str, ir.Table] | None = None, row_col: str = "_row"
+                 tables: Mapping[str, ir.Table] | None = None, row_col: str = "_row",
+                 notes: list | None = None
                  ) -> tuple[ir.Table, list[Check], list[pd.DataFrame]]:
     """Every row-level rule of ``rules`` that applies to one table.
 
@@ -1316,21 +1653,26 @@ def table_checks(name: str, t: ir.Table, rules: dict, reference: dt.datetime, *,
     canonical``).
     """
     tables = tables or {}
-    if name == "orders" and "amount" in t.columns:
-        t = _order_amount_reference(t, tables)
     # values several rules read (parsed dates, email syntax) are computed
     # once per row, behind a view() so the SQL does not repeat them
     date_rules = {c: r for c, r in rules.get("dates", {}).get("columns", {}).get(name, {}).items()
                   if c in t.columns}
     email_col = rules.get("email", {}).get("columns", {}).get(name)
-    helpers = {f"_ts__{c}": _as_timestamp(t[c], rules) for c in date_rules
+    extra = rules.get("source_date_formats", {}).get(name, {})
+    decimal = rules.get("source_decimal", {}).get(name, ".")
+    helpers = {f"_ts__{c}": _as_timestamp(t[c], rules, extra.get(c, ())) for c in date_rules
                if _is_string(t[c])}
-    categorical = set(rules.get("domains", {}).get(name, {})) | set(
-        rules.get("tidy_text", {}).get(name, []))
-    helpers.update({f"_b__{c}": (_blank_by_values(t, c) if c in categorical else _blank(t[c]))
+    categorical = [c for c in list(rules.get("domains", {}).get(name, {}))
+                   + list(rules.get("tidy_text", {}).get(name, []))
+                   if c in t.columns and not c.startswith("_")]
+    # every categorical column's values counted once, for blanks, domains and spellings
+    counts = value_counts(t, [c for c in categorical if _is_string(t[c])])
+    helpers.update({f"_b__{c}": (_blank_by_values(t, c, counts.get(c)) if c in counts
+                                 else _blank(t[c]))
                     for c in t.columns if not c.startswith("_") and f"_b__{c}" not in t.columns})
     if email_col and email_col in t.columns:
         helpers[f"_syntax_bad__{email_col}"] = _email_syntax_bad(t[email_col], rules["email"])
+        helpers[f"_domain__{email_col}"] = _email_domain(t[email_col])
     if helpers:
         t = t.mutate(**helpers).view()
     checks: list[Check] = completeness_checks(t, name, rules, row_col=row_col)
@@ -1348,19 +1690,23 @@ def table_checks(name: str, t: ir.Table, rules: dict, reference: dt.datetime, *,
                 mixes.append(mix.assign(table=name, column=col))
     for col, rule in rules.get("amounts", {}).get(name, {}).items():
         if col in t.columns:
-            ref = "_amount_ref" if (name == "orders" and col == "amount"
-                                    and "_amount_ref" in t.columns) else None
-            checks += amount_checks(t, name, col, rule, reference_col=ref)
+            rows = (basket_absurd_rows(t, tables, rule.get("absurd_factor"), row_col=row_col,
+                                       decimal=rules.get("source_decimal", {}))
+                    if name == "orders" and col == "amount" else None)
+            checks += amount_checks(t, name, col, rule, absurd_rows=rows, row_col=row_col,
+                                    decimal=decimal)
     domains = rules.get("domains", {}).get(name, {})
+    vmaps = rules.get("value_maps", {}).get(name, {})
     for col, domain in domains.items():
         if col in t.columns:
-            checks += domain_checks(t, name, col, domain)
+            checks += domain_checks(t, name, col, domain, value_map=vmaps.get(col), notes=notes,
+                                    counts=counts.get(col))
     for col, bounds in rules.get("ranges", {}).get(name, {}).items():
         if col in t.columns:
-            checks += range_checks(t, name, col, bounds)
+            checks += range_checks(t, name, col, bounds, decimal=decimal)
     for col in rules.get("tidy_text", {}).get(name, []):
         if col in t.columns and col not in domains and _is_string(t[col]):
-            checks += text_checks(t, name, col)
+            checks += text_checks(t, name, col, counts=counts.get(col))
     phone_col = rules.get("phone", {}).get("columns", {}).get(name)
     if phone_col and phone_col in t.columns and _is_string(t[phone_col]):
         country = rules["phone"].get("country_column")
@@ -1400,6 +1746,7 @@ class QualityReport:
     defects: pd.DataFrame
     duplicates: Any = None  # crmlab.dedupe.DedupeResult | None
     rules: dict = dataclasses.field(default_factory=dict, repr=False)
+    notes: list = dataclasses.field(default_factory=list)  # checks not applied, and why
 
     # -- numbers -------------------------------------------------------
     @property
@@ -1430,9 +1777,9 @@ class QualityReport:
         def r(x, nd=2):
             return None if x is None else round(float(x), nd)
 
-        out = {"quality_score": r(self.scores.get("quality"))}
+        out = {"quality_score": r(self.scores.get("quality"), 1)}
         for d in DIMENSIONS:
-            out[f"{d}_score"] = r(self.scores.get(d))
+            out[f"{d}_score"] = r(self.scores.get(d), 1)
         for t, n in self.rows.items():
             out[f"rows_{t}"] = int(n)
         dd = self.duplicates
@@ -1487,10 +1834,10 @@ class QualityReport:
         given)."""
         return findings(self, previous=previous, limit=limit)
 
-    def paragraph(self, section: str) -> str:
+    def paragraph(self, section: str, **kwargs) -> str:
         """The paragraph under a section: overview, completeness, validity,
         consistency, integrity, outliers, duplicates, quarantine, fixes."""
-        return paragraph(self, section)
+        return paragraph(self, section, **kwargs)
 
 
 def _score_mean(values: Sequence[float]) -> float | None:
@@ -1539,7 +1886,7 @@ def dimension_scores(*, completeness: pd.DataFrame, validity: pd.DataFrame,
     return s
 
 
-def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = None,
+def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | str | None = None,
            dedupe: bool = True, threshold: float | None = None, random_state: int = 42,
            row_col: str = "_row") -> QualityReport:
     """Run every check of the data-quality report.
@@ -1572,19 +1919,19 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = 
     NoDataError
         When the source has no table at all.
     """
-    rules = load_rules(rules)
     src = _Source(data)
+    rules = source_rules(load_rules(rules), src.mapping)
     if not src.names:
         raise NoDataError("the source has no tables")
     reference = reference_time(as_of, src.extracted_at)
     raw = {n: _with_row(src.raw(n), row_col) for n in src.names}
     typed = {n: src.typed(n) for n in src.names}
 
-    summaries, flagged, mixes = [], [], []
+    summaries, flagged, mixes, notes = [], [], [], []
     rows: dict[str, int] = {}
     for name in src.names:
         t, checks, mx = table_checks(name, raw[name], rules, reference, tables=raw,
-                                     row_col=row_col)
+                                     row_col=row_col, notes=notes)
         key = rules.get("keys", {}).get(name)
         summary, flags = run_checks(t, checks, row_col=row_col, key_col=key)
         summaries.append(summary)
@@ -1620,7 +1967,11 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = 
         summary = pd.concat([summary, pd.DataFrame(phone_rows, columns=summary.columns)],
                             ignore_index=True)
 
-    integ, integ_flags = integrity(raw, rules, row_col=row_col)
+    fills = summary[summary["check"] == "filled"] if len(summary) else summary
+    filled = ({(t, c): int(n - f) for t, c, n, f in
+               zip(fills["table"], fills["column"], fills["checked"], fills["failed"])}
+              if len(fills) else {})
+    integ, integ_flags = integrity(raw, rules, row_col=row_col, filled=filled)
     flagged.append(integ_flags)
 
     # uniqueness: repeated keys and (customers) duplicate people
@@ -1653,20 +2004,40 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = 
     uniqueness["unique_pct"] = 100 * (1 - uniqueness["redundant"] / uniqueness["rows"].where(
         uniqueness["rows"] > 0))
 
-    # outliers and dates on the usable (typed) rows
+    # outliers: the numeric columns of the contract (typed) read from the rows
+    # as found (raw), so a large table is sampled at its storage blocks rather
+    # than through its typing; dates on the usable (typed) rows
     oc = rules.get("outliers", {})
-    outl = [outliers(typed[n], table=n, k=oc.get("k", 3.5), log_columns=oc.get("log_columns", []),
-                     skip_columns=oc.get("skip_columns", []) + [row_col],
-                     random_state=random_state) for n in src.names]
+    outl = []
+    for n in src.names:
+        numeric = [c for c, typ in typed[n].schema().items()
+                   if typ.is_numeric() and not typ.is_boolean() and c in raw[n].columns
+                   and c not in set(oc.get("skip_columns", [])) and c != row_col]
+        outl.append(outliers(raw[n], table=n, columns=numeric, k=oc.get("k", 3.5),
+                             log_columns=oc.get("log_columns", []), random_state=random_state,
+                             n_rows=rows.get(n),
+                             decimal=rules.get("source_decimal", {}).get(n, ".")))
     outl = pd.concat([o for o in outl if len(o)], ignore_index=True) if any(len(o) for o in outl) \
         else pd.DataFrame(columns=["table", "column", "scale", "values", "median", "lower",
                                    "upper", "low", "high", "outliers", "outlier_pct"])
-    fresh = freshness(typed, reference, rules)
+    # first and latest plausible date of each dated table (overview, freshness)
+    date_cols = dict(rules.get("timeliness", {}).get("columns", {}))
+    date_cols.setdefault("customers", "signup_date")
+    date_cols.setdefault("campaigns", "start_date")
+    coverage = {}
+    for n, col in date_cols.items():
+        if n in typed and col in typed[n].columns:
+            rule = rules.get("dates", {}).get("columns", {}).get(n, {}).get(col, {})
+            coverage[n] = date_coverage(typed[n], col, reference, rules,
+                                        earliest=rule.get("min", "1900-01-01"))
+    fresh = freshness(typed, reference, rules, coverage=coverage)
 
     # frames for the page
     comp = summary[summary["check"] == "filled"].copy()
     default_imp = rules.get("default_importance", 1)
-    comp["importance"] = [rules.get("importance", {}).get(t, {}).get(c, default_imp)
+    may_be_empty = rules.get("may_be_empty", {})
+    comp["importance"] = [0 if c in may_be_empty.get(t, []) else
+                          rules.get("importance", {}).get(t, {}).get(c, default_imp)
                           for t, c in zip(comp["table"], comp["column"])]
     comp = comp.rename(columns={"checked": "rows", "failed": "missing"})
     comp["filled"] = comp["rows"] - comp["missing"]
@@ -1683,16 +2054,12 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = 
 
     # overview
     ov = []
-    date_cols = dict(rules.get("timeliness", {}).get("columns", {}))
-    date_cols.setdefault("customers", "signup_date")
-    date_cols.setdefault("campaigns", "start_date")
     for n in src.names:
         rc = (src.row_counts or {}).get(n, {})
         first = latest = None
         col = date_cols.get(n)
-        if col and col in typed[n].columns:
-            cov = date_coverage(typed[n], col, reference, rules)
-            first, latest = cov["first"], cov["latest"]
+        if n in coverage:
+            first, latest = coverage[n]["first"], coverage[n]["latest"]
         ov.append([n, rows.get(n), rc.get("quarantined", 0), col if first is not None else None,
                    first, latest])
     overview = pd.DataFrame(ov, columns=["table", "rows", "quarantined", "date_column", "first",
@@ -1712,7 +2079,7 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | None = 
                          phones=phones_frame, consistency=consistency_df, formats=formats,
                          integrity=integ, uniqueness=uniqueness, outliers=outl,
                          quarantine=quarantine_summary(qrows), quarantine_rows=qrows,
-                         defects=defects, duplicates=dd, rules=rules)
+                         defects=defects, duplicates=dd, rules=rules, notes=notes)
 
 
 def detect_defects(data, *, as_of=None, rules: Mapping | None = None, dedupe: bool = True,
@@ -1847,12 +2214,13 @@ def findings(rep: QualityReport, previous: Mapping | None = None, limit: int = 5
         else:
             out[0] += " That is unchanged since the previous run."
     fixes = rep.fixes()
+    fixes = fixes[fixes["issue"] != DEFECT_LABELS["stale_data"]]   # freshness has its own sentence
     if len(fixes):
         top = fixes.iloc[0]
         total = rep.rows.get(top["table"], 0)
         share = f" ({_p(100 * top['rows'] / total)} of {top['table']})" if total else ""
         out.append(f"The largest issue is {top['issue']} in {_where(top['table'], top['column'])}: "
-                   f"{_n(top['rows'])} rows{share}.")
+                   f"{_count(top['rows'], 'row')}{share}.")
     dd = rep.duplicates
     if dd is not None:
         s = dd.summary
@@ -1863,7 +2231,8 @@ def findings(rep: QualityReport, previous: Mapping | None = None, limit: int = 5
         else:
             out.append("No duplicate customer records were found.")
     if m.get("orphan_orders"):
-        out.append(f"{_n(m['orphan_orders'])} orders point to a customer that does not exist.")
+        out.append(f"{_count(m['orphan_orders'], 'order points', 'orders point')} to a customer "
+                   f"that does not exist.")
     fr = rep.freshness
     if len(fr):
         o = fr[fr["table"] == "orders"]
@@ -1877,17 +2246,22 @@ def findings(rep: QualityReport, previous: Mapping | None = None, limit: int = 5
     return out[:limit]
 
 
-def paragraph(rep: QualityReport, section: str) -> str:
+def paragraph(rep: QualityReport, section: str, *, shown: int | None = None) -> str:
     """The paragraph that says what a section's table or chart means and
-    what to do, written from the numbers."""
+    what to do, written from the numbers (``shown``: how many rows of the
+    section's list the page shows, for "fixes")."""
     s = section.lower()
     if s == "overview":
         total = sum(rep.rows.values())
-        text = (f"{len(rep.rows)} tables with {_n(total)} rows were checked. "
+        text = (f"{_count(len(rep.rows), 'table')} with {_count(total, 'row')} were checked. "
                 + _dim_sentence(rep.scores))
-        parts = [f"{d} {rep.scores[d]:.0f}" for d in DIMENSIONS if rep.scores.get(d) is not None]
+        parts = [f"{d} {rep.scores[d]:.1f}" for d in DIMENSIONS if rep.scores.get(d) is not None]
         if parts:
             text += " Dimension scores: " + ", ".join(parts) + "."
+        missing = [d for d in DIMENSIONS if rep.scores.get(d) is None]
+        if missing:
+            text += (f" Not measurable on this data: {', '.join(missing)} (left out of the "
+                     f"score).")
         return text
     if s == "completeness":
         c = rep.completeness
@@ -1896,10 +2270,14 @@ def paragraph(rep: QualityReport, section: str) -> str:
         key = c[c["importance"] >= 4]
         worst = (key if len(key) else c).sort_values("complete_pct").iloc[0]
         full = int((c["missing"] == 0).sum())
-        return (f"{full} of {len(c)} columns are complete. Among the columns that matter most, "
-                f"{worst['table']}.{worst['column']} is the least complete at "
-                f"{worst['complete_pct']:.1f}% ({_n(worst['missing'])} empty). Columns are listed "
-                f"by importance, then by how empty they are.")
+        text = f"{full} of {_count(len(c), 'column')} are complete."
+        if worst["missing"] > 0:
+            text += (f" Among the columns that matter most, {worst['table']}.{worst['column']} "
+                     f"is the least complete: {_count(worst['missing'], 'empty cell')} "
+                     f"({_p(100 - worst['complete_pct'])} of its rows).")
+        else:
+            text += " Every column that matters most is complete."
+        return text
     if s == "validity":
         v = rep.validity
         if v.empty:
@@ -1909,23 +2287,17 @@ def paragraph(rep: QualityReport, section: str) -> str:
             return f"All {len(v)} validity checks pass."
         lines = [f"{_n(r.failed)} {DEFECT_LABELS.get(r.defect, r.defect)} in {r.table}.{r.column} "
                  f"({_p(r.failed_pct)})" for r in bad.head(3).itertuples(index=False)]
-        text = (f"{len(bad)} of {len(v)} validity checks find problems; the largest: "
-                + "; ".join(lines) + ".")
-        if len(rep.phones):
-            fast = float((rep.phones["numbers"] * rep.phones["fast_pct"]).sum()
-                         / max(rep.phones["numbers"].sum(), 1))
-            text += (f" Phone numbers are read with each country's numbering plan (phonenumbers) "
-                     f"and stored in E.164 (+8613812345678); {fast:.0f}% were confirmed in the "
-                     f"engine, the rest parsed one by one.")
-        return text
+        return (f"{len(bad)} of {_count(len(v), 'validity check')} find problems; the largest: "
+                + "; ".join(lines) + ". Correct them in the source: crmlab leaves values it "
+                "cannot trust out of the analyses.")
     if s == "consistency":
         c = rep.consistency
-        if c.empty:
+        if c.empty and (rep.formats is None or rep.formats.empty):
             return "Not available: no text column to check for formats."
         bad = c[c["failed"] > 0].sort_values("failed", ascending=False)
         if bad.empty:
             return "Every checked column is written one way."
-        lines = [f"{r.table}.{r.column}: {_n(r.failed)} values ({_p(r.failed_pct)})"
+        lines = [f"{r.table}.{r.column}: {_count(r.failed, 'value')} ({_p(r.failed_pct)})"
                  for r in bad.head(3).itertuples(index=False)]
         return ("Some columns mix formats or spellings -- " + "; ".join(lines) + ". crmlab reads "
                 "every known date format and stores dates as ISO dates, phones as E.164, and "
@@ -1936,36 +2308,45 @@ def paragraph(rep: QualityReport, section: str) -> str:
             return "Not available: needs two related tables (e.g. orders and customers)."
         bad = g[g["orphans"] > 0]
         if bad.empty:
-            return f"All {len(g)} relationships hold: every child row has its parent."
+            return (f"All {_count(len(g), 'relationship')} hold: every row that points to "
+                    f"another table finds its parent.")
         lines = [f"{_n(r.orphans)} {r.relationship} ({_p(r.orphan_pct)})"
                  for r in bad.itertuples(index=False)]
-        return "Broken links: " + "; ".join(lines) + ". Analyses leave these rows out of per-customer figures."
+        return ("Broken links: " + "; ".join(lines) + ". Analyses leave these rows out of "
+                "per-customer figures; reconcile them with the source system.")
     if s == "outliers":
         o = rep.outliers
         k = rep.rules.get("outliers", {}).get("k", 3.5)
-        method = (f"A value counts as an outlier when it is more than {k / MAD_CONSISTENCY:.1f} "
-                  f"typical deviations (median absolute deviation) from the column's median -- on "
-                  f"a log scale for money and counts, so it means about ten times more or less "
-                  f"than usual.")
+        method = (f"A value counts as an outlier when it lies more than {k / MAD_CONSISTENCY:.1f} "
+                  f"median absolute deviations from its column's median (a modified z-score above "
+                  f"{k:g}), on a log scale for money and counts.")
         if o.empty:
             return "Not available: no numeric column. " + method
         bad = o[o["outliers"] > 0].sort_values("outliers", ascending=False)
         if bad.empty:
-            return "No column has outliers. " + method
+            return method + " No column has outliers."
         r = bad.iloc[0]
-        return (method + f" The most affected is {r['table']}.{r['column']}: {_n(r['outliers'])} "
-                f"values ({_p(r['outlier_pct'])}) outside {r['lower']:,.4g} to {r['upper']:,.4g}.")
+        return (method + f" The most affected column is {r['table']}.{r['column']}: "
+                f"{_count(r['outliers'], 'value')} ({_p(r['outlier_pct'])}) outside "
+                f"{r['lower']:,.4g} to {r['upper']:,.4g}.")
     if s == "duplicates":
         dd = rep.duplicates
         if dd is None:
             return "Not available: needs a customers table with identifying columns."
         sm = dd.summary
-        text = (f"{_n(sm['duplicate_pairs'])} pairs of customer records are judged the same person "
-                f"(match probability at least {sm['threshold']:.0%}); they form clusters that "
-                f"merge {_n(sm['records'])} records into {_n(sm['people'])} people. Each cluster's "
-                f"smallest customer id is the proposed unified id (customer_key.csv).")
+        if not sm["duplicate_pairs"]:
+            text = (f"No two of the {_count(sm['records'], 'customer record')} reach a match "
+                    f"probability of {sm['threshold']:.0%}: no duplicates were found.")
+        else:
+            text = (f"{_count(sm['duplicate_pairs'], 'pair')} of customer records are judged the "
+                    f"same person (match probability at least {sm['threshold']:.0%}). Joined into "
+                    f"clusters, they merge {_count(sm['records'], 'record')} into "
+                    f"{_count(sm['people'], 'person', 'people')}: "
+                    f"{_count(sm['duplicate_records'], 'record')} ({_p(100 * sm['duplicate_rate'])}) "
+                    f"are a second record of someone. Each cluster's smallest customer id is the "
+                    f"proposed unified id (customer_key.csv).")
         if dd.sentences:
-            text += " " + " ".join(dd.sentences[:4])
+            text += "\n\nWhat the model learned from this data: " + " ".join(dd.sentences[:5])
         return text
     if s == "quarantine":
         q = rep.quarantine
@@ -1973,14 +2354,581 @@ def paragraph(rep: QualityReport, section: str) -> str:
             return "No rows were set aside by validation."
         total = int(rep.quarantine_rows[["table", "row"]].drop_duplicates().shape[0])
         r = q.iloc[0]
-        return (f"{_n(total)} rows were set aside because they break the data contract; the most "
-                f"common reason is {r['check']} in {r['table']} ({_n(r['rows'])} rows). They are "
-                f"listed by table, row, column and check in quarantine.csv, without their values.")
+        return (f"{_count(total, 'row')} {'was' if total == 1 else 'were'} set aside because "
+                f"{'it breaks' if total == 1 else 'they break'} the data contract; the most common "
+                f"reason is {str(r['check']).replace('_', ' ')} in {r['table']} "
+                f"({_count(r['rows'], 'row')}). quarantine.csv lists each by table, row, column "
+                f"and check, without its values.")
     if s == "fixes":
         f = rep.fixes()
         if f.empty:
             return "Nothing to fix."
         top = f.iloc[0]
-        return (f"{len(f)} issues, ordered by the rows they affect. Start with {top['issue']} in "
-                f"{_where(top['table'], top['column'])} ({_n(top['rows'])} rows): {top['fix']}")
+        listed = (f" (the {shown} that affect the most rows are listed)"
+                  if shown is not None and shown < len(f) else "")
+        return (f"{_count(len(f), 'issue')} found{listed}, ordered by the rows they affect. Start with "
+                f"{top['issue']} in {_where(top['table'], top['column'])} "
+                f"({_count(top['rows'], 'row')}): {top['fix']}")
     raise ValueError(f"unknown section {section!r}")
+
+
+# --------------------------------------------------------------------------
+# the page: KPI cards, tables with plain headings, charts
+# --------------------------------------------------------------------------
+
+# key -> (label, format, which way is better, KPI card?) for metrics.json
+METRIC_CARDS: dict[str, tuple[str, str, str | None, bool]] = {
+    "quality_score": ("Quality score (0-100)", "{:.1f}", "higher", True),
+    "duplicate_rate": ("Duplicate customer records", "{:.1%}", "lower", True),
+    "invalid_email_rate": ("Invalid emails", "{:.1%}", "lower", True),
+    "invalid_phone_rate": ("Invalid phone numbers", "{:.1%}", "lower", True),
+    "quarantined_rows": ("Quarantined rows", "{:,.0f}", "lower", True),
+    "orphan_orders": ("Orders without a customer", "{:,.0f}", "lower", True),
+    "duplicate_pairs": ("Duplicate pairs", "{:,.0f}", "lower", False),
+    **{f"{d}_score": (f"{d.capitalize()} score", "{:.1f}", "higher", False) for d in DIMENSIONS},
+}
+
+# importance in quality.yaml -> words for the page
+IMPORTANCE_LABELS: dict[int, str] = {5: "key", 4: "essential", 3: "important", 2: "useful",
+                                     1: "optional", 0: "may be empty"}
+
+# check name -> what it tests, in plain words
+CHECK_LABELS: dict[str, str] = {
+    "email_syntax": "is an email address",
+    "email_domain": "email domain can receive mail",
+    "phone_number": "valid number for its country",
+    "date_parse": "is a readable date",
+    "date_after_max": "not after the reference date",
+    "date_before_min": "not before the earliest plausible date",
+    "number_parse": "is a readable number",
+    "below_min": "not negative",
+    "absurd": "not absurdly large",
+    "domain": "one of the allowed values",
+    "range": "within its scale",
+    "canonical_spelling": "one spelling per value (spaces, case)",
+    "date_format": "one date format",
+    "phone_format": "one phone format per country",
+}
+
+# what crmlab reads each kind of column as, for the "normalisation applied" table
+STORED_AS: dict[str, str] = {
+    "date_format": "a date (ISO YYYY-MM-DD)",
+    "phone_format": "E.164, e.g. +8613812345678",
+    "canonical_spelling": "trimmed, case-folded, mapped to its allowed value",
+}
+
+
+def metric_cards(q: QualityReport) -> list[dict]:
+    """Every figure of ``metrics.json`` as keywords of ``Report.metric``.
+
+    Returns one dict per metric (``key, value, label, fmt, better, kpi``),
+    the six KPI cards of the page first (quality score, duplicate rate,
+    invalid email and phone rates, quarantined rows, orphan orders), then
+    the dimension scores, ``rows_<table>`` and ``duplicate_pairs``. A
+    figure that cannot be measured on this data is ``None`` and gets no card.
+    """
+    out = []
+    for key, value in q.metrics().items():
+        label, fmt, better, kpi = METRIC_CARDS.get(
+            key, (key.replace("_", " ").capitalize(), "{:,.0f}", None, False))
+        out.append({"key": key, "value": value, "label": label, "fmt": fmt, "better": better,
+                    "kpi": kpi and value is not None})
+    return sorted(out, key=lambda c: not c["kpi"])
+
+
+def _fmt_date(x) -> str | None:
+    return None if x is None or pd.isna(x) else str(pd.Timestamp(x).date())
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``"1 row"``, ``"3 rows"``."""
+    n = int(n)
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def overview_table(q: QualityReport) -> pd.DataFrame:
+    """One row per table: ``Table, Rows, Quarantined rows, Dated by, First,
+    Latest, Days behind`` (the freshness lag for tables that grow daily)."""
+    ov = q.overview.copy()
+    lag = dict(zip(q.freshness["table"], q.freshness["lag_days"])) if len(q.freshness) else {}
+    return pd.DataFrame({
+        "Table": ov["table"], "Rows": ov["rows"].astype("int64"),
+        "Quarantined rows": ov["quarantined"].fillna(0).astype("int64"),
+        "Dated by": ov["date_column"].astype(object).where(ov["date_column"].notna(), "–"),
+        "First": [_fmt_date(x) or "–" for x in ov["first"]],
+        "Latest": [_fmt_date(x) or "–" for x in ov["last"]],
+        "Days behind": [("–" if lag.get(t) is None or pd.isna(lag.get(t)) else f"{int(lag[t]):,}")
+                        for t in ov["table"]],
+    })
+
+
+def completeness_table(q: QualityReport) -> pd.DataFrame:
+    """The columns with empty cells, most important first, then emptiest:
+    ``Table, Column, Importance, Rows, Empty, Filled``."""
+    c = q.completeness
+    c = c[(c["missing"] > 0) & (c["importance"] > 0)].sort_values(["importance", "missing"],
+                                                                   ascending=[False, False])
+    return pd.DataFrame({
+        "Table": c["table"], "Column": c["column"],
+        "Importance": [IMPORTANCE_LABELS.get(int(i), str(i)) for i in c["importance"]],
+        "Rows": c["rows"].astype("int64"), "Empty": c["missing"].astype("int64"),
+        "Filled": c["complete_pct"] / 100,
+    }).reset_index(drop=True)
+
+
+def checks_table(frame: pd.DataFrame, failed_label: str = "Failed", *,
+                 failing_only: bool = True) -> pd.DataFrame:
+    """Checks (validity or consistency rows of :func:`run_checks`) with
+    plain names, most failures first: ``Table, Column, Rule, Checked,
+    <failed_label>, Share``; only the checks that find something unless
+    ``failing_only`` is False."""
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=["Table", "Column", "Rule", "Checked", failed_label, "Share"])
+    f = frame[(frame["checked"] > 0) & ((frame["failed"] > 0) | (not failing_only))]
+    f = f.sort_values(["failed", "table", "column"], ascending=[False, True, True])
+    return pd.DataFrame({
+        "Table": f["table"], "Column": f["column"],
+        "Rule": [CHECK_LABELS.get(c, c.replace("_", " ")) for c in f["check"]],
+        "Checked": f["checked"].astype("int64"), failed_label: f["failed"].astype("int64"),
+        "Share": f["failed_pct"] / 100,
+    }).reset_index(drop=True)
+
+
+def phone_table(q: QualityReport) -> pd.DataFrame:
+    """Phone numbers per numbering plan: ``Country, Numbers, Valid,
+    Invalid, Share invalid, Confirmed in the engine``."""
+    p = q.phones
+    if p is None or p.empty:
+        return pd.DataFrame(columns=["Country", "Numbers", "Valid", "Invalid", "Share invalid",
+                                     "Confirmed in the engine"])
+    return pd.DataFrame({
+        "Country": p["phone_region"], "Numbers": p["numbers"].astype("int64"),
+        "Valid": p["valid"].astype("int64"), "Invalid": p["invalid"].astype("int64"),
+        "Share invalid": p["invalid_pct"] / 100, "Confirmed in the engine": p["fast_pct"] / 100,
+    })
+
+
+def normalisation_table(q: QualityReport) -> pd.DataFrame:
+    """What crmlab does to each inconsistent column when it reads it:
+    ``Column, Written as, Read as`` (how many formats or spellings were
+    found, and the one form it stores)."""
+    rows = []
+    f = q.formats
+    if f is not None and len(f):
+        for (table, column), g in f.groupby(["table", "column"], sort=False):
+            known = g[g["format"] != "other"]
+            forms = known.groupby("format")["rows"].sum().sort_values(ascending=False)
+            share = forms / max(forms.sum(), 1)
+            kind = "phone_format" if column in q.rules.get("phone", {}).get("columns", {}).values() \
+                else "date_format"
+            written = ", ".join(f"{name} ({_p(100 * x)})" for name, x in share.head(4).items())
+            if len(share) > 4:
+                written += f" and {len(share) - 4} more"
+            rows.append([f"{table}.{column}", written or "–", STORED_AS[kind]])
+    c = q.consistency
+    if c is not None and len(c):
+        for r in c[(c["check"] == "canonical_spelling") & (c["failed"] > 0)].itertuples(index=False):
+            rows.append([f"{r.table}.{r.column}", f"{_count(r.failed, 'value')} with other "
+                         f"spaces or case", STORED_AS["canonical_spelling"]])
+    for table, cols in (q.rules.get("source_mapping_values") or {}).items():
+        for col in cols:
+            rows.append([f"{table}.{col}", "the source's own codes",
+                         "its canonical value, as the source mapping says"])
+    return pd.DataFrame(rows, columns=["Column", "Written as", "Read as"])
+
+
+def integrity_table(q: QualityReport) -> pd.DataFrame:
+    """``Relationship, Rows checked, Without parent, Share`` per relationship."""
+    g = q.integrity
+    if g is None or g.empty:
+        return pd.DataFrame(columns=["Relationship", "Rows checked", "Without parent", "Share"])
+    return pd.DataFrame({
+        "Relationship": g["relationship"].str.capitalize(),
+        "Rows checked": g["checked"].astype("int64"), "Without parent": g["orphans"].astype("int64"),
+        "Share": g["orphan_pct"] / 100,
+    })
+
+
+def outlier_table(q: QualityReport) -> pd.DataFrame:
+    """One row per numeric column: ``Table, Column, Scale, Values, Median,
+    Usual from, Usual to, Below, Above, Share`` (columns where over half the
+    values are equal have no usual range and are not assessed)."""
+    o = q.outliers
+    if o is None or o.empty:
+        return pd.DataFrame(columns=["Table", "Column", "Scale", "Values", "Median", "Usual from",
+                                     "Usual to", "Below", "Above", "Share"])
+    o = o.sort_values(["outliers", "table", "column"], ascending=[False, True, True])
+    return pd.DataFrame({
+        "Table": o["table"], "Column": o["column"],
+        "Scale": o["scale"].map({"log10": "log", "linear": "linear"}),
+        "Values": o["values"].astype("int64"), "Median": _sig(o["median"]),
+        "Usual from": _sig(o["lower"]), "Usual to": _sig(o["upper"]),
+        "Below": o["low"].astype("int64"), "Above": o["high"].astype("int64"),
+        "Share": o["outlier_pct"] / 100,
+    }).reset_index(drop=True)
+
+
+def _sig(x: pd.Series, digits: int = 4) -> pd.Series:
+    """Numbers rounded to ``digits`` significant digits (for bounds shown
+    with thousands separators rather than in scientific notation)."""
+    v = pd.to_numeric(x, errors="coerce").astype(float)
+    mag = np.floor(np.log10(np.abs(v.where(v != 0))))
+    factor = 10.0 ** (digits - 1 - mag.fillna(0))
+    return (np.round(v * factor) / factor).where(v.notna())
+
+
+def weights_table(q: QualityReport) -> pd.DataFrame:
+    """The duplicate model's weights: ``Field, Agreement, Multiplies the
+    odds by, Match weight`` (weight = log2 of the factor)."""
+    dd = q.duplicates
+    if dd is None or dd.weights is None or dd.weights.empty:
+        return pd.DataFrame(columns=["Field", "Agreement", "Multiplies the odds by", "Match weight"])
+    from crmlab.dedupe import FIELD_LABELS
+
+    w = dd.weights.dropna(subset=["match_weight"])
+    return pd.DataFrame({
+        "Field": [FIELD_LABELS.get(c, c.replace("_", " ")) for c in w["comparison"]],
+        "Agreement": ["different" if str(lv).startswith("All other") else str(lv)
+                      for lv in w["level"]],
+        "Multiplies the odds by": w["bayes_factor"].astype(float),
+        "Match weight": w["match_weight"].astype(float),
+    }).reset_index(drop=True)
+
+
+def quarantine_table(q: QualityReport) -> pd.DataFrame:
+    """``Table, Check, Columns, Rows`` -- counts only, never values."""
+    s = q.quarantine
+    if s is None or s.empty:
+        return pd.DataFrame(columns=["Table", "Check", "Columns", "Rows"])
+    return pd.DataFrame({"Table": s["table"], "Check": s["check"].str.replace("_", " "),
+                         "Columns": s["columns"], "Rows": s["rows"].astype("int64")})
+
+
+def fixes_table(q: QualityReport) -> pd.DataFrame:
+    """``Rows affected, Issue, Where, What to do``, most rows first."""
+    f = q.fixes()
+    return pd.DataFrame({"Rows affected": f["rows"].astype("int64"),
+                         "Issue": f["issue"].str.capitalize(),
+                         "Where": [_where(t, c) for t, c in zip(f["table"], f["column"])],
+                         "What to do": f["fix"]})
+
+
+# columns of the example pairs that hold personal data, and their masking class
+EXAMPLE_PII: dict[str, str] = {"Name": "name", "Email": "email", "Phone": "phone",
+                               "Birth date": "birth_date", "Address": "address"}
+
+
+def example_pairs(q: QualityReport, data, n: int = 20, *, customer_id_col: str = "customer_id",
+                  columns: Sequence[str] = ("name", "first_name", "last_name", "email", "phone",
+                                            "city", "birth_date")) -> pd.DataFrame:
+    """Some of the pairs judged the same person, two rows per pair.
+
+    Pairs are spread evenly over the ranking by match probability (from
+    the most certain down to the closest calls). Transforms the model's
+    pairs and the raw customers table (``data``: a Dataset or a mapping of
+    ibis tables) into::
+
+        Pair, Match probability, Customer id, Name, Email, Phone, City,
+        Birth date, Why
+
+    where the pair's figures are on its first row and ``Why`` says which
+    fields agree. Personal columns are as found: the page masks them
+    (``page_table`` passes :data:`EXAMPLE_PII`), the analyst sees them.
+    """
+    dd = q.duplicates
+    cols = ["Pair", "Match probability", "Customer id", "Name", "Email", "Phone", "City",
+            "Birth date", "Why"]
+    if dd is None or dd.model is None or n <= 0 or not len(dd.pairs):
+        return pd.DataFrame(columns=cols)
+    ranked = dd.model.predict()
+    pick = np.unique(np.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().astype(int))
+    chosen = ranked.iloc[pick].reset_index(drop=True)
+    why = dd.model.describe(chosen)
+    raw = data.raw("customers") if hasattr(data, "raw") else data["customers"]
+    have = [c for c in columns if c in raw.columns]
+    ids = sorted(set(chosen["customer_id_a"].astype(str)) | set(chosen["customer_id_b"].astype(str)))
+    rec = (raw.filter(raw[customer_id_col].cast("string").isin(ids))
+           .select(_id=raw[customer_id_col].cast("string"), *have).to_pandas()
+           .drop_duplicates("_id").set_index("_id"))
+    if "name" not in rec.columns and {"first_name", "last_name"} & set(rec.columns):
+        parts = [rec[c].fillna("").astype(str) for c in ("first_name", "last_name") if c in rec]
+        rec["name"] = parts[0].str.cat(parts[1:], sep=" ").str.strip() if len(parts) > 1 else parts[0]
+    rows = []
+    for i, (r, text) in enumerate(zip(chosen.itertuples(index=False), why), start=1):
+        for j, cid in enumerate((r.customer_id_a, r.customer_id_b)):
+            got = rec.loc[str(cid)] if str(cid) in rec.index else pd.Series(dtype=object)
+            rows.append([str(i) if j == 0 else "",
+                         f"{float(r.match_probability):.2%}" if j == 0 else "",
+                         str(cid), got.get("name"), got.get("email"), got.get("phone"),
+                         got.get("city"), got.get("birth_date"), text if j == 0 else ""])
+    out = pd.DataFrame(rows, columns=cols)
+    return out[[c for c in cols if c in ("Pair", "Match probability", "Customer id", "Why")
+                or out[c].notna().any()]]
+
+
+# page section -> (table function, column formats); counts get thousands
+# separators, shares are fractions shown as percentages
+PAGE_FORMATS: dict[str, str] = {
+    "Filled": "{:.1%}", "Share": "{:.2%}", "Share invalid": "{:.1%}",
+    "Confirmed in the engine": "{:.0%}", "Median": "{:,.7g}", "Usual from": "{:,.7g}",
+    "Usual to": "{:,.7g}", "Multiplies the odds by": "{:,.0f}", "Match weight": "{:+.1f}",
+}
+
+
+def page_table(frame: pd.DataFrame | None, *, max_rows: int | None = None,
+               count_col: str | None = None, min_size: int = 10,
+               pii: Mapping[str, str] | None = None) -> dict:
+    """A table of this module made ready for ``Report.section``: returns
+    ``{"table": frame, "table_options": {...}}`` with the formats of
+    :data:`PAGE_FORMATS`, ``max_rows``, the personal columns to mask
+    (``pii``: label -> class) and, with ``count_col``, groups under
+    ``min_size`` merged. An empty frame gives ``{"table": None}``.
+
+    Examples
+    --------
+    >>> page_table(pd.DataFrame({"Table": ["orders"], "Share": [0.5]}))["table_options"]["formats"]
+    {'Share': '{:.2%}'}
+    """
+    if frame is None or frame.empty:
+        return {"table": None}
+    options: dict[str, Any] = {
+        "formats": {c: f for c, f in PAGE_FORMATS.items() if c in frame.columns},
+        "max_rows": int(max_rows) if max_rows else max(50, len(frame)),
+    }
+    if pii:
+        options["pii"] = {c: v for c, v in pii.items() if c in frame.columns}
+    if count_col and count_col in frame.columns:
+        options.update(count_col=count_col, min_size=int(min_size))
+    return {"table": frame, "table_options": options}
+
+
+def section_needs(q: QualityReport, section: str, *, dedupe: bool = True) -> list[str] | None:
+    """What a section lacks on this data (for ``Report.not_available``),
+    or None when it can be shown."""
+    s = section.lower()
+    if s == "contacts":
+        v = q.validity
+        ok = len(v) and v["check"].isin(["email_syntax", "phone_number"]).any()
+        return None if ok else ["customers.email", "customers.phone"]
+    if s == "consistency":
+        return None if len(q.consistency) or len(q.formats) else [
+            "a text column with formats, such as customers.phone or customers.birth_date"]
+    if s == "integrity":
+        return None if len(q.integrity) else ["customers.customer_id (or another table that "
+                                              "rows point to)"]
+    if s == "outliers":
+        return None if len(q.outliers) else ["a numeric column, such as orders.amount"]
+    if s == "duplicates":
+        if not dedupe:
+            return ["the parameter dedupe = true"]
+        return None if q.duplicates is not None else [
+            "customers.customer_id", "customers.name, email, phone or another identifying column"]
+    return None
+
+
+# --- charts ---------------------------------------------------------------
+
+def dimension_chart(q: QualityReport):
+    """Horizontal bars: how many of the score's points each dimension costs.
+
+    A dimension's cost is ``weight * (100 - score) / sum of weights``, so the
+    bars add up to ``100 - quality score``: the longest bar is where to look
+    first. Labels carry each dimension's own score; dimensions that could not
+    be measured are left out.
+    """
+    from crmlab import charts
+
+    weights = q.rules.get("weights", {})
+    dims = {d: q.scores.get(d) for d in DIMENSIONS if q.scores.get(d) is not None
+            and weights.get(d, 0) > 0}
+    total = sum(weights[d] for d in dims) or 1.0
+    lost = pd.Series({f"{d} ({v:.1f})": weights[d] * (100 - v) / total for d, v in dims.items()},
+                     dtype=float)
+    score = q.scores.get("quality")
+    title = (f"Where the quality score of {score:.1f} loses its {100 - score:.1f} points"
+             if score is not None else "Points lost per dimension")
+    fig = charts.bar(lost, horizontal=True, fmt="{:.2f}", title=title,
+                     xlabel="points lost out of 100 (dimension score in brackets)",
+                     color=charts.COLORS["accent"])
+    return fig
+
+
+def score_history(previous: Sequence[Mapping], current: Mapping | None = None,
+                  now=None) -> pd.DataFrame:
+    """The scores across runs, oldest first.
+
+    Takes ``Report.previous(n)`` (earlier successful runs, newest first:
+    dicts with ``started_at`` and ``metrics``) and the current run's
+    metrics; returns ``run`` (timestamp) and the score columns of
+    :func:`score_trend`, one row per run that has a quality score.
+    """
+    hist = []
+    for run in reversed(list(previous)):
+        m = dict(run.get("metrics") or {})
+        m["started_at"] = run.get("started_at")
+        hist.append(m)
+    cur = None
+    if current is not None:
+        cur = dict(current)
+        cur["started_at"] = (pd.Timestamp(now) if now is not None
+                             else pd.Timestamp.now(tz="UTC")).isoformat()
+    t = score_trend(hist, cur)
+    t["run"] = pd.to_datetime(t["run"], utc=True, errors="coerce", format="ISO8601")
+    return t[t["quality_score"].notna()].reset_index(drop=True)
+
+
+def trend_chart(history: pd.DataFrame):
+    """The quality score across runs (bold) with its dimensions (thin)."""
+    import matplotlib.pyplot as plt
+
+    from crmlab import charts
+
+    charts.use_theme()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(history))
+    for i, d in enumerate(DIMENSIONS):
+        col = f"{d}_score"
+        if col in history and history[col].notna().any():
+            ax.plot(x, history[col], lw=1, alpha=0.6, color=charts.PALETTE[(i + 1) % 7], label=d)
+    ax.plot(x, history["quality_score"], lw=2.6, marker="o", color=charts.COLORS["main"],
+            label="quality score")
+    ax.set_xticks(x, [t.strftime("%m-%d %H:%M") if pd.notna(t) else "?" for t in history["run"]],
+                  rotation=30 if len(x) > 6 else 0)
+    ax.set_ylabel("score (0-100)")
+    ax.set_title("Quality score over recent runs")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+    return fig
+
+
+def trend_text(history: pd.DataFrame) -> str:
+    """The score's trend in words, from :func:`score_history`."""
+    if len(history) <= 1:
+        return ("This is the first run with a quality score, so there is no trend yet; each "
+                "later run adds a point here and a change to the KPI cards above.")
+    first, last, prev = history.iloc[0], history.iloc[-1], history.iloc[-2]
+    text = (f"Over the last {len(history)} runs the quality score went from "
+            f"{first['quality_score']:.1f} to {last['quality_score']:.1f}.")
+    moves = {d: last[f"{d}_score"] - prev[f"{d}_score"] for d in DIMENSIONS
+             if pd.notna(last.get(f"{d}_score")) and pd.notna(prev.get(f"{d}_score"))}
+    moves = {d: v for d, v in moves.items() if abs(v) >= 0.05}
+    if moves:
+        d = max(moves, key=lambda k: abs(moves[k]))
+        text += (f" Since the previous run, {d} moved most ({moves[d]:+.1f} points), to "
+                 f"{last[f'{d}_score']:.1f}.")
+    else:
+        text += " No dimension moved since the previous run."
+    return text
+
+
+def completeness_chart(q: QualityReport, n: int = 12):
+    """Horizontal bars: the share of empty cells of the ``n`` emptiest
+    columns (most important first on ties); None when every cell is filled."""
+    from crmlab import charts
+
+    c = q.completeness[(q.completeness["missing"] > 0) & (q.completeness["importance"] > 0)]
+    if c.empty:
+        return None
+    c = c.assign(empty=100 - c["complete_pct"]).sort_values(["empty", "importance"],
+                                                             ascending=[False, False]).head(n)
+    series = pd.Series(list(c["empty"]), index=[f"{t}.{col}" for t, col in
+                                                 zip(c["table"], c["column"])], dtype=float)
+    return charts.bar(series, horizontal=True, fmt="{:.2f}%",
+                      title="Empty cells: share of rows per column", xlabel="% of rows empty")
+
+
+def format_chart(q: QualityReport, min_size: int = 10):
+    """Stacked horizontal bars: how each date and phone column is written
+    (share of values per format; phones per country with at least
+    ``min_size`` numbers); None when there is no such column."""
+    import matplotlib.pyplot as plt
+
+    from crmlab import charts
+
+    f = q.formats
+    if f is None or f.empty:
+        return None
+    f = f.copy()
+    sizes = f.groupby(["table", "column", "group"])["rows"].transform("sum")
+    f = f[sizes >= min_size]
+    if f.empty:
+        return None
+    f["bar"] = [f"{t}.{c}" + ("" if g == "all" else f" ({g})")
+                for t, c, g in zip(f["table"], f["column"], f["group"])]
+    wide = f.pivot_table(index="bar", columns="format", values="share", aggfunc="sum",
+                         sort=False).fillna(0)
+    # formats under 1% of every column are one grey "other formats" slice
+    main = [c for c in wide.columns if wide[c].max() >= 0.01 and c != "other"]
+    main = list(wide[main].sum().sort_values(ascending=False).index)
+    rest = [c for c in wide.columns if c not in main]
+    wide = wide[main].assign(**({"other formats": wide[rest].sum(axis=1)} if rest else {}))
+    charts.use_theme()
+    fig, ax = plt.subplots(figsize=(8, max(2.2, 0.45 * len(wide) + 1.4)))
+    left = np.zeros(len(wide))
+    labels = list(wide.index)[::-1]
+    for i, fmt in enumerate(wide.columns):
+        vals = wide[fmt].to_numpy()[::-1] * 100
+        color = charts.COLORS["neutral"] if fmt == "other formats" else charts.PALETTE[i % 7]
+        ax.barh(labels, vals, left=left, color=color, label=fmt)
+        left = left + vals
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of values")
+    ax.grid(axis="y", visible=False)
+    ax.set_title("How dates and phone numbers are written")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=9)
+    return fig
+
+
+def weights_chart(q: QualityReport):
+    """Horizontal bars: the match weight of each field's levels of agreement
+    (log2 of how much it multiplies the odds of a match; positive = more
+    likely the same person); None without a duplicate model."""
+    import matplotlib.pyplot as plt
+
+    from crmlab import charts
+
+    w = weights_table(q)
+    if w.empty:
+        return None
+    labels = [f"{f}: {a}" for f, a in zip(w["Field"], w["Agreement"])][::-1]
+    vals = w["Match weight"].to_numpy()[::-1]
+    charts.use_theme()
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(w) + 1.2)))
+    colors = [charts.COLORS["main"] if v >= 0 else charts.COLORS["bad"] for v in vals]
+    ax.barh(labels, vals, color=colors)
+    ax.axvline(0, color=charts.COLORS["neutral"], lw=1)
+    ax.grid(axis="y", visible=False)
+    ax.tick_params(axis="y", labelsize=9)
+    ax.set_xlabel("match weight (each +1 doubles the odds of a match; -1 halves them)")
+    ax.set_title("What the duplicate model learned from each field")
+    return fig
+
+
+def phone_text(q: QualityReport) -> str:
+    """The paragraph under the phone numbers per country."""
+    p = q.phones
+    if p is None or p.empty:
+        return "No phone numbers to check."
+    n, bad = int(p["numbers"].sum()), int(p["invalid"].sum())
+    fast = float((p["numbers"] * p["fast_pct"]).sum() / max(n, 1))
+    worst = p.sort_values("invalid_pct", ascending=False).iloc[0]
+    text = (f"{_count(n, 'phone number')} were checked against the numbering plan of the "
+            f"customer's country; {bad:,} {'is' if bad == 1 else 'are'} not valid "
+            f"({_p(100 * bad / max(n, 1))})")
+    if bad and len(p) > 1:
+        text += f", most often in {worst['phone_region']} ({_p(worst['invalid_pct'])})"
+    return (text + f". Valid numbers are stored in E.164 (+8613812345678); {fast:.0f}% were "
+            f"confirmed by pattern inside the engine, the rest one by one with phonenumbers. "
+            f"Countries with fewer customers than the minimum group size are merged.")
+
+
+def examples_text(q: QualityReport, examples: pd.DataFrame) -> str:
+    """The paragraph above the example duplicate pairs."""
+    dd = q.duplicates
+    if dd is None or not len(dd.pairs):
+        return "No pair of customer records reached the match threshold."
+    shown = int((examples["Pair"] != "").sum()) if len(examples) else 0
+    return (f"{_count(shown, 'pair')} of {len(dd.pairs):,}, spread from the most certain match to "
+            f"the closest call above the threshold. 'Why' says which fields are the same, close "
+            f"(a typo, a reformatted value), different or missing on one record. Names, emails and phone numbers are masked on this page "
+            f"and birth dates shown as age bands; the analyst view and duplicates.csv give the "
+            f"customer ids to review.")

@@ -155,17 +155,7 @@ def load_rules(path: str | Path | Mapping | None = None) -> dict:
     if isinstance(path, Mapping):
         override = dict(path)
     else:
-        p = Path(path)
-        if not p.is_absolute() and not p.is_file() and (config.project_root() / p).is_file():
-            p = config.project_root() / p   # relative to the project, as a user types it
-        if not p.is_file():
-            raise ParameterError(f"segment map file not found: {p} (parameter segment_map)")
-        try:
-            override = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ParameterError(f"segment map {p} is not valid YAML: {exc}") from None
-        if not isinstance(override, dict):
-            raise ParameterError(f"segment map {p} must be a mapping of sections")
+        override = config.load_yaml(config.project_path(path), "segment map (parameter segment_map)")
     unknown = sorted(set(override) - set(RULE_SECTIONS))
     if unknown:
         raise ParameterError(f"segment map: unknown section(s) {unknown}; known: {list(RULE_SECTIONS)}")

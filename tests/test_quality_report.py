@@ -1,0 +1,189 @@
+"""The data-quality report end to end, and its accuracy against the planted truth.
+
+End to end (``crmlab.runner.run_report`` on the real notebook): the small
+synthetic world, the smallest source the contract accepts (the sections
+that lack their inputs say "Not available" and the report goes on) and the
+worked example ``examples/shop-export`` (a GBK file, Chinese headers, its
+mapping). Accuracy (slow): duplicate pairs and every injected defect class
+on the demo world, with the tolerances of issue 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import assert_no_personal_values
+from crmlab import config, dedupe, quality, sources, synthetic
+from crmlab.runner import run_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
+import testkit  # noqa: E402
+
+METRIC_KEYS = ["quality_score", "completeness_score", "validity_score", "uniqueness_score",
+               "consistency_score", "integrity_score", "timeliness_score", "duplicate_pairs",
+               "duplicate_rate", "invalid_email_rate", "invalid_phone_rate", "orphan_orders",
+               "quarantined_rows"]
+EXPORTS = {"duplicates": ["customer_id_a", "customer_id_b", "match_probability"],
+           "customer_key": ["customer_id", "unified_id"],
+           "quarantine": ["table", "row", "column", "check"]}
+EXAMPLE = config.project_root() / "examples" / "shop-export"
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return next(csv.reader(fh))
+
+
+def _visible_text(html: str) -> str:
+    """The page without inline images (base64 can contain any short string)."""
+    return re.sub(r'src="data:[^"]*"', "", html)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    res = run_report("data-quality", source="synthetic:small", reports_dir=reports)
+    return res
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    return synthetic.ensure_world("small")
+
+
+def test_small_world_run_succeeds_with_the_metrics_of_the_issue(small_run, small_world):
+    assert small_run.exit_code == 0, small_run.message
+    m = json.loads((small_run.run_dir / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in m, key
+    world = json.loads((small_world / "world.json").read_text())
+    for table, n in world["rows"].items():
+        assert m[f"rows_{table}"] == n
+    for key in METRIC_KEYS[:7]:
+        assert 0 <= m[key] <= 100
+    # the small world plants ~2% defects: a high score that is not perfect
+    assert 90 < m["quality_score"] < 100
+    truth = pd.read_parquet(small_world / "truth" / "duplicates.parquet")
+    assert m["duplicate_pairs"] == pytest.approx(len(truth), rel=0.05)
+    assert m["duplicate_rate"] == pytest.approx(len(truth) / world["rows"]["customers"], rel=0.05)
+    defects = pd.read_parquet(small_world / "truth" / "defects.parquet")
+    assert m["orphan_orders"] == int((defects["defect"] == "orphan_order").sum())
+    for rate, cls in (("invalid_email_rate", "invalid_email"), ("invalid_phone_rate", "invalid_phone")):
+        planted = int((defects["defect"] == cls).sum()) / world["rows"]["customers"]
+        assert m[rate] == pytest.approx(planted, rel=0.25, abs=0.002)
+    data = sources.open_source("synthetic:small")
+    assert m["quarantined_rows"] == len(data.quarantine[["table", "row"]].drop_duplicates())
+
+
+def test_small_world_exports_have_the_exact_columns(small_run, small_world):
+    out = small_run.run_dir / "exports"
+    for name, columns in EXPORTS.items():
+        assert _header(out / f"{name}.csv") == columns
+    pairs = pd.read_csv(out / "duplicates.csv")
+    assert (pairs["match_probability"] >= 0.9).all()
+    key = pd.read_csv(out / "customer_key.csv")
+    customers = pd.read_parquet(small_world / "customers.parquet", columns=["customer_id"])
+    assert sorted(key["customer_id"]) == sorted(customers["customer_id"])
+    for a, b in zip(pairs["customer_id_a"], pairs["customer_id_b"]):
+        assert key.set_index("customer_id").loc[a, "unified_id"] == \
+            key.set_index("customer_id").loc[b, "unified_id"]
+
+
+def test_small_world_page_shows_no_raw_personal_data(small_run, small_world):
+    html = (small_run.run_dir / "report.html").read_text(encoding="utf-8")
+    text = _visible_text(html)
+    assert "Duplicate customers" in text and "Examples of records judged the same person" in text
+    assert "Not available" not in text
+    assert_no_personal_values(text, small_world, ("email", "phone", "national_id"))
+    # the example pairs show masked names (full names of several words never appear)
+    customers = pd.read_parquet(small_world / "customers.parquet", columns=["name"])
+    full_names = [v for v in customers["name"].dropna().astype(str) if " " in v and len(v) > 8]
+    assert not any(v in text for v in full_names)
+    assert "crm-kpi" in html and "crm-findings" in html
+
+
+@pytest.fixture(scope="module")
+def minimal_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("minimal")
+    src = testkit.tiny_source(root / "src", rows=3)
+    res = run_report("data-quality", source=str(src), reports_dir=root / "reports")
+    return res
+
+
+def test_minimal_source_says_what_is_missing_and_goes_on(minimal_run):
+    assert minimal_run.exit_code == 0, minimal_run.message
+    text = _visible_text((minimal_run.run_dir / "report.html").read_text(encoding="utf-8"))
+    assert "Not available: needs customers.email, customers.phone" in text
+    assert "Not available: needs customers.customer_id" in text       # integrity, duplicates
+    assert "Recommended fixes" in text and "Outliers" in text
+    m = json.loads((minimal_run.run_dir / "metrics.json").read_text())
+    assert m["rows_orders"] == 3
+    assert m["duplicate_pairs"] is None and m["invalid_email_rate"] is None
+    assert m["quality_score"] is not None and m["uniqueness_score"] is None
+    for name, columns in EXPORTS.items():
+        assert _header(minimal_run.run_dir / "exports" / f"{name}.csv") == columns
+
+
+def test_worked_example_with_gbk_file_and_chinese_headers(tmp_path):
+    res = run_report("data-quality", source=str(EXAMPLE), mapping="shop-export",
+                     reports_dir=tmp_path / "reports")
+    assert res.exit_code == 0, res.message
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    assert m["rows_customers"] == 300 and m["rows_orders"] == 1500
+    assert m["quarantined_rows"] == 7                 # the seven rows the example breaks on purpose
+    assert m["invalid_email_rate"] is not None and m["duplicate_pairs"] is not None
+    text = _visible_text((res.run_dir / "report.html").read_text(encoding="utf-8"))
+    members = pd.read_csv(EXAMPLE / "members.csv", encoding="gb18030", dtype=str)
+    phones = [v for v in members["手机号"].dropna() if len(v) >= 7]
+    assert phones and not any(p in text for p in phones)
+    assert not any(e in text for e in members["邮箱"].dropna())
+    # statuses in Chinese are mapped by the mapping, so they are not "outside the allowed list"
+    assert "values outside their allowed list in orders.status" not in text
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+@pytest.fixture(scope="module")
+def demo():
+    world = synthetic.ensure_world("demo")
+    data = sources.open_source(str(world))
+    q = quality.assess(data, random_state=42)
+    return world, data, q
+
+
+@pytest.mark.slow
+def test_duplicate_pairs_precision_and_recall_on_the_demo_world(demo):
+    world, _, q = demo
+    truth = pd.read_parquet(world / "truth" / "duplicates.parquet")
+    m = dedupe.pair_metrics(q.duplicates.pairs, truth)
+    assert m["precision"] >= 0.95 and m["recall"] >= 0.95, m
+
+
+def _keys(frame: pd.DataFrame) -> set:
+    col = frame["column"].astype(object).where(frame["column"].notna(), None)
+    return set(zip(frame["table"], frame["row"].astype(int), col))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("defect", synthetic.DEFECT_CLASSES)
+def test_each_defect_class_is_found_without_false_alarms(demo, defect):
+    world, data, q = demo
+    truth = pd.read_parquet(world / "truth" / "defects.parquet")
+    planted = truth[truth["defect"] == defect]
+    assert len(planted), f"the demo world plants no {defect}"
+    found = q.defects[q.defects["defect"] == defect]
+    recall = len(_keys(planted) & _keys(found)) / len(_keys(planted))
+    assert recall >= 0.98, f"{defect}: recall {recall:.3f}"
+    # false alarms: rows flagged for this class that carry no planted defect at all
+    dirty = set(zip(truth["table"], truth["row"].astype(int)))
+    tables = sorted(set(planted["table"]))
+    clean_rows = sum(data.count(t) for t in tables) - len({k for k in dirty if k[0] in tables})
+    alarms = {(t, int(r)) for t, r in zip(found["table"], found["row"])} - dirty
+    assert len(alarms) / clean_rows < 0.01, f"{defect}: {len(alarms)} false alarms"
