@@ -12,13 +12,23 @@ Cases (``python bench/run.py --only forecasting``):
 * ``grouped_crmlab``: ``crmlab.forecasting.forecast`` on all series -- the
   fast vectorised models and the global gradient-boosting model on every
   series, the statsmodels models (ETS, Theta, SARIMAX) on the total and the
-  3 largest groups, ensembles, intervals, bottom-up reconciliation.
+  3 largest groups, ensembles, intervals, reconciliation.
 * ``grouped_statsmodels_per_series``: the peer approach -- statsmodels'
   Holt-Winters (``ExponentialSmoothing``, damped additive trend and
   additive season, optimised) fitted per series and origin -- run on a
-  tenth of the series and scaled up (noted in the result).
+  tenth of the series (at most ``PEER_SAMPLE``) and scaled up (noted in the
+  result).
 * ``total_all_models``: the total series alone with every model.
-* ``elasticity``: the fixed-effects price regression on 300 products x 156 weeks.
+* ``elasticity`` / ``elasticity_ols``: the price elasticity on 300 products x
+  36 months of Poisson units with a planted -1.2, by Poisson pseudo-maximum
+  likelihood with product and month fixed effects (the report's) and by the
+  classic log-OLS within regression (its peer), both timed and scored.
+* ``report_world``: the report's own computation with its default parameters
+  on the synthetic world of the scale (``demo``: 20,000 customers / 400,000
+  orders; ``large``: 1,000,000 customers / 20,000,000 orders): weekly revenue
+  by region built in DuckDB, backtest and selection, the monthly product
+  price panel and elasticity, the page's tables and charts. Steps are timed
+  separately.
 
 Demo scale is the issue's size (1,000 series); large scale is 5,000.
 """
@@ -42,6 +52,7 @@ WEEKS = 156
 HORIZON = 12
 N_ORIGINS = 4
 TARGET_SECONDS = 180
+PEER_SAMPLE = 100      # series the per-series statsmodels peer fits (its time is scaled up)
 
 
 def make_series(n: int, weeks: int = WEEKS, seed: int = 42) -> pd.DataFrame:
@@ -100,7 +111,7 @@ def grouped_statsmodels_per_series(scale: str, work: Path) -> dict:
     from crmlab.forecasting.pipeline import rolling_origins
 
     n_full = int(os.environ.get("CRMLAB_BENCH_FORECAST_SERIES", N_SERIES[scale]))
-    n = max(1, n_full // 10)
+    n = max(1, min(PEER_SAMPLE, n_full // 10))
     series = make_series(n_full)
     wide = series.pivot(index="group", columns="period", values="revenue").to_numpy()[:n]
     origins = rolling_origins(WEEKS, HORIZON, N_ORIGINS, HORIZON, 106)
@@ -135,25 +146,99 @@ def total_all_models(scale: str, work: Path) -> dict:
             "coverage_95": m["coverage_95"]}
 
 
-def elasticity(scale: str, work: Path) -> dict:
-    from crmlab import forecasting as fc
+PLANTED_ELASTICITY = -1.2
 
-    rng = np.random.default_rng(3)
-    n_prod, T = 300, 156
-    weeks = pd.date_range("2023-01-02", periods=T, freq="W-MON")
-    lp = np.log(rng.uniform(5, 500, n_prod))[:, None] + np.cumsum(rng.normal(0, 0.03, (n_prod, T)), 1)
+
+def price_panel_sim(seed: int = 3, n_prod: int = 300, T: int = 36) -> pd.DataFrame:
+    """Products x months of Poisson units (a few to a few hundred a month)
+    answering their paid price with ``PLANTED_ELASTICITY``; months without a
+    sale are missing, as in real data."""
+    rng = np.random.default_rng(seed)
+    months = pd.date_range("2023-01-01", periods=T, freq="MS")
+    lp = np.log(rng.uniform(5, 500, n_prod))[:, None] + np.cumsum(rng.normal(0, 0.05, (n_prod, T)), 1)
     d = rng.choice([0.0, 0.1, 0.2], (n_prod, T))
     price = np.exp(lp) * (1 - d)
-    mu = rng.uniform(2, 5, n_prod)[:, None] - 1.2 * (np.log(price) - lp[:, :1]) \
-        + rng.normal(0, 0.2, (n_prod, T))
+    mu = np.exp(rng.uniform(0.5, 5, n_prod)[:, None] + PLANTED_ELASTICITY * (np.log(price) - lp[:, :1])
+                + 0.3 * np.sin(2 * np.pi * np.arange(T) / 12)[None])
     panel = pd.DataFrame({"unit": np.repeat(np.arange(n_prod).astype(str), T),
-                          "period": np.tile(weeks, n_prod), "quantity": np.exp(mu).ravel(),
+                          "period": np.tile(months, n_prod), "quantity": rng.poisson(mu).ravel(),
                           "price": price.ravel(), "discount_share": d.ravel()})
+    return panel[panel["quantity"] > 0].reset_index(drop=True)
+
+
+def _elasticity(method: str) -> dict:
+    from crmlab import forecasting as fc
+
+    panel = price_panel_sim()
     with timed() as t:
-        el = fc.price_elasticity(panel, freq="W", calendar="cn")
-    return {"seconds": t.seconds, "group": "forecast-elasticity", "impl": "crmlab",
-            "rows": len(panel), "estimate": round(el.estimate, 3), "planted": -1.2,
-            "ci": [round(el.ci_low, 3), round(el.ci_high, 3)]}
+        el = fc.price_elasticity(panel, freq="M", method=method)
+    return {"seconds": t.seconds, "group": "forecast-elasticity",
+            "impl": "crmlab" if method == "ppml" else "log-OLS", "rows": len(panel),
+            "estimate": round(el.estimate, 3), "planted": PLANTED_ELASTICITY,
+            "ci": [round(float(el.ci_low), 3), round(float(el.ci_high), 3)],
+            "covers_planted": bool(el.ci_low < PLANTED_ELASTICITY < el.ci_high)}
+
+
+def elasticity(scale: str, work: Path) -> dict:
+    return _elasticity("ppml")
+
+
+def elasticity_ols(scale: str, work: Path) -> dict:
+    return _elasticity("ols")
+
+
+REPORT_TARGET_SECONDS = {"demo": 20, "large": 180}
+REPORT_TARGET_MIB = 3072
+
+
+def report_world(scale: str, work: Path) -> dict:
+    """The notebook's calls with its default parameters, step by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crmlab import forecasting as fc
+    from crmlab.engine import latest_order_date
+    from crmlab.sources import open_source
+    from crmlab.synthetic import ensure_world
+
+    world = ensure_world("demo" if scale == "demo" else "large")
+    steps = {}
+
+    def step(name, fn):
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = fn()
+        steps[name] = {"wall": round(time.perf_counter() - t0, 3), "cpu": round(time.process_time() - c0, 3)}
+        return out
+
+    with timed() as t:
+        data = step("open", lambda: open_source(str(world)))
+        step("as_of", lambda: latest_order_date(data.table("orders")))
+        g = fc.grouping(data, "region")
+        series = step("series", lambda: fc.series_from_dataset(data, freq="W", group_by=g["by"]))
+        res = step("forecast", lambda: fc.forecast(series, freq="W", horizon=13, n_origins=4,
+                                                   calendar="both", n_detailed=0, random_state=42))
+        price = step("price", lambda: fc.price_analysis(data, res))
+
+        def page():
+            figs = [fc.forecast_chart(res), fc.scoreboard_chart(fc.score_board(res)), fc.backtest_chart(res),
+                    fc.groups_chart(res, list(fc.group_table(res, n=8)["group"]))]
+            fc.findings(res, price=price)
+            fc.metric_cards(res, price=price)
+            fc.exports(res)
+            for f in figs:
+                f.savefig(work / "fig.png")
+                plt.close(f)
+        step("page", page)
+    m = fc.forecast_metrics(res)
+    el = price.get("elasticity")
+    return {"seconds": t.seconds, "group": "forecast-report-world", "impl": "crmlab",
+            "orders": data.row_counts.get("orders", {}).get("rows"), "series": len(res.groups),
+            "target_seconds": REPORT_TARGET_SECONDS[scale], "target_mib": REPORT_TARGET_MIB,
+            "model": m["model"], "mase": round(m["backtest_mase"], 3),
+            "seasonal_naive_mase": round(m["seasonal_naive_mase"], 3), "coverage_80": m["coverage_80"],
+            "elasticity": None if el is None else round(el.estimate, 3), "steps": steps}
 
 
 CASES = {
@@ -161,6 +246,8 @@ CASES = {
     "grouped_statsmodels_per_series": grouped_statsmodels_per_series,
     "total_all_models": total_all_models,
     "elasticity": elasticity,
+    "elasticity_ols": elasticity_ols,
+    "report_world": report_world,
 }
 
 if __name__ == "__main__":  # a quick look without the harness: python bench/bench_forecasting.py 100

@@ -126,6 +126,19 @@ def test_series_groups_by_order_customer_segment_and_line_columns(shop):
     assert by_cat["revenue"].sum() == pytest.approx(110.0)
 
 
+def test_series_merges_labels_that_differ_in_case_or_spaces(con):
+    orders = pd.DataFrame({"order_id": range(1, 6), "customer_id": [1, 2, 3, 4, 5],
+                           "order_date": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03",
+                                                         "2024-01-04", "2024-01-05"]),
+                           "amount": [10.0, 20.0, 1.0, 2.0, 4.0],
+                           "channel": ["Web", "Web", " web", "WEB ", "  "]})
+    t = con.create_table("case_orders", orders, overwrite=True)
+    s = fc.build_series(t, freq="W", group_by="channel", complete_periods=False)
+    sizes = s.drop_duplicates("group").set_index("group")["group_customers"].to_dict()
+    assert s.groupby("group")["revenue"].sum().to_dict() == {"Web": 33.0, "(not recorded)": 4.0}
+    assert sizes == {"Web": 4, "(not recorded)": 1}
+
+
 def test_series_errors_name_the_problem(shop):
     with pytest.raises(ParameterError, match="nope"):
         fc.build_series(shop["orders"], group_by="nope")
@@ -299,7 +312,8 @@ def test_backtest_never_uses_data_after_its_origin(spy):
 def test_backtest_forecasts_do_not_change_when_the_future_does():
     """Replace everything after the first origin's window with junk: the first
     origin's backtest forecasts of every model (including the global boosting
-    model) must not move."""
+    model) must not move. (The ensemble and the bottom-up sum are combinations
+    chosen on all origins' scores, so they are switched off here.)"""
     s = weekly_panel(n_groups=3, T=150, seed=4)
     h, origins = 6, fc.rolling_origins(150, 6, 3, 6, 106)
     cut = s["period"].sort_values().unique()[origins[0]]
@@ -307,7 +321,7 @@ def test_backtest_forecasts_do_not_change_when_the_future_does():
     late = junk["period"] >= cut
     junk.loc[late, "revenue"] = 1e6 * np.random.default_rng(0).random(late.sum())
     kw = dict(freq="W", horizon=h, n_origins=3, fast_models=FAST + ("gradient_boosting",),
-              detailed_models=(), ensemble_size=0)
+              detailed_models=(), ensemble_size=0, reconcile="none")
     a, b = fc.forecast(s, **kw), fc.forecast(junk, **kw)
     first = lambda r: r.backtest_frame[r.backtest_frame["period"].between(  # noqa: E731
         cut, cut + pd.Timedelta(weeks=h - 1))].sort_values(["model", "group", "period"])
@@ -547,3 +561,279 @@ def test_findings_name_numbers_and_hide_small_groups():
     assert "g3" not in set(fc.group_table(res)["group"])
     for section in ("models", "forecast", "groups", "holdout", "scenario"):
         assert len(fc.explain(res, section)) > 40
+
+
+# -- Poisson elasticity ----------------------------------------------------
+
+def _count_panel(seed=0, n=12, T=30, base=20.0, elasticity=-1.5, drop_zero=True):
+    """Products x months with Poisson units: product appeal, a season, a
+    promotion share and a planted constant elasticity."""
+    rng = np.random.default_rng(seed)
+    periods = pd.date_range("2022-01-01", periods=T, freq="MS")
+    lp = rng.normal(0, 0.2, (n, T))
+    disc = rng.uniform(0, 0.2, (n, T))
+    mu = np.exp(np.log(base * rng.uniform(0.5, 2, n))[:, None] + 0.3 * np.sin(np.arange(T) / 2)[None]
+                + elasticity * lp + 0.8 * disc)
+    d = pd.DataFrame({"unit": np.repeat([f"p{i}" for i in range(n)], T), "period": np.tile(periods, n),
+                      "quantity": rng.poisson(mu).ravel().astype(float), "price": np.exp(lp).ravel() * 10,
+                      "discount_share": disc.ravel()})
+    return d[d["quantity"] > 0].reset_index(drop=True) if drop_zero else d
+
+
+def test_ppml_equals_a_poisson_glm_with_product_and_month_dummies():
+    """The fixed effects partialled out by alternating projections give the
+    Poisson MLE with one dummy per product and month (Correia, Guimaraes &
+    Zylkin 2020), point estimate and robust standard error alike."""
+    import statsmodels.api as sm
+
+    d = _count_panel(seed=3, n=8, T=14, base=4.0)
+    el = fc.price_elasticity(d, freq="M", controls=("period", "promotion"))
+    X = pd.concat([pd.DataFrame({"lp": np.log(d["price"]), "disc": d["discount_share"]}),
+                   pd.get_dummies(d["unit"], drop_first=True, dtype=float),
+                   pd.get_dummies(d["period"].astype(str), drop_first=True, dtype=float)], axis=1)
+    glm = sm.GLM(d["quantity"], sm.add_constant(X), family=sm.families.Poisson()).fit(
+        cov_type="HC0", tol=1e-12)
+    assert el.method == "ppml" and el.cov_type == "HC1"              # 8 products: too few to cluster
+    assert el.estimate == pytest.approx(glm.params["lp"], abs=1e-6)
+    # HC1 = HC0 x n / (n - parameters, the dummies included)
+    n, k = len(d), glm.df_model + 1
+    assert el.std_error == pytest.approx(glm.bse["lp"] * np.sqrt(n / (n - k)), rel=1e-4)
+    assert el.n_units == 8 and el.n_periods == 14 and el.n_obs == len(d)
+
+
+def test_ppml_recovers_the_planted_elasticity_with_clustered_errors():
+    d = _count_panel(seed=1, n=40, T=36)
+    el = fc.price_elasticity(d, freq="M")
+    assert el.cov_type == "cluster(product)" and el.controls == ("period", "promotion")
+    assert el.ci_low < -1.5 < el.ci_high and el.ci_high - el.ci_low < 0.2
+    # the promotion share is a control, not part of the price effect: without
+    # it the estimate is the same here (prices and discounts drawn apart)
+    assert fc.price_elasticity(d, freq="M", controls=("period",)).estimate == pytest.approx(
+        el.estimate, abs=0.05)
+
+
+def test_elasticity_refuses_what_it_cannot_estimate():
+    d = _count_panel(seed=2, n=5, T=10)
+    with pytest.raises(ParameterError, match="known"):
+        fc.price_elasticity(d, freq="M", controls=("weather",))
+    with pytest.raises(ParameterError):
+        fc.price_elasticity(d, freq="M", method="magic")
+    flat = d.assign(price=10.0)                                       # no product's price moves
+    with pytest.raises(NoDataError):
+        fc.price_elasticity(flat, freq="M")
+
+
+def test_independent_columns_drops_repeats():
+    a = np.arange(10.0)
+    X = np.column_stack([a, 2 * a, np.ones(10), a ** 2, a + np.ones(10)])
+    assert fm.independent_columns(X).tolist() == [True, False, True, True, False]
+
+
+# -- reconciliation --------------------------------------------------------
+
+def test_auto_reconciliation_publishes_the_better_total():
+    """The sum of the groups is scored like a model of the total; "auto"
+    publishes it when it beat the total's own choice, else scales the groups
+    to the total's forecast. Either way the groups add up."""
+    kw = dict(freq="W", horizon=6, n_origins=3, fast_models=FAST, detailed_models=())
+    seen = set()
+    for seed in range(4):
+        s = weekly_panel(n_groups=4, T=150, seed=seed, noise=0.02 + 0.06 * seed)
+        res = fc.forecast(s, **kw)
+        tot = res.scores[res.scores["group"] == "total"].set_index("model")["mase"]
+        own = tot.drop("bottom_up").min()
+        assert res.reconciled_mase == pytest.approx(tot["bottom_up"])
+        expected = "bottom_up" if tot["bottom_up"] < own else "top_down"
+        assert res.reconcile == expected and (res.chosen["total"] == "bottom_up") == (expected == "bottom_up")
+        f = res.forecast_frame.pivot(index="period", columns="group", values="yhat")
+        np.testing.assert_allclose(f.drop(columns="total").sum(axis=1), f["total"], rtol=1e-9)
+        m = fc.forecast_metrics(res)
+        assert m["backtest_mase"] == pytest.approx(min(own, tot["bottom_up"]))
+        seen.add(res.reconcile)
+    assert seen == {"bottom_up", "top_down"}      # both branches are exercised
+
+
+def test_bottom_up_total_gets_intervals_from_its_own_errors():
+    s = weekly_panel(n_groups=3, T=150, seed=2)
+    res = fc.forecast(s, freq="W", horizon=6, n_origins=3, fast_models=FAST, detailed_models=(),
+                      reconcile="bottom_up")
+    assert res.chosen["total"] == "bottom_up" and res.interval_source["total"] == "conformal"
+    row = res.scores[(res.scores["group"] == "total") & (res.scores["model"] == "bottom_up")].iloc[0]
+    assert row["chosen"] and 0 < row["coverage_80"] <= row["coverage_95"] <= 1
+    bt = res.backtest_frame[res.backtest_frame["model"] == "bottom_up"]
+    assert set(bt["group"]) == {"total"} and len(bt) == 3 * 6
+
+
+# -- the page's inputs -------------------------------------------------------
+
+@pytest.fixture
+def tiny_data(tiny_world):
+    from crmlab.sources import open_source
+
+    return open_source(str(tiny_world))
+
+
+PARAMS = dict(freq="W", value="revenue", group_by="", horizon=13, holdout=0, n_origins=4, calendar="cn",
+              price_change=0.0, max_groups_shown=8)
+
+
+def test_check_parameters_names_every_problem(tiny_data):
+    fc.check_parameters(tiny_data, **PARAMS)
+    fc.check_parameters(tiny_data, **{**PARAMS, "group_by": "region"})   # in the contract, not here
+    with pytest.raises(ParameterError) as err:
+        fc.check_parameters(tiny_data, **{**PARAMS, "freq": "Q", "value": "profit", "group_by": "email",
+                                         "calendar": "mars", "price_change": -2.0, "n_origins": 0})
+    msg = str(err.value)
+    for word in ("freq", "value", "group_by 'email'", "calendar", "price_change", "n_origins"):
+        assert word in msg
+    known = msg.split("known:")[1]
+    assert "region" in known and "channel" in known and "category" in known and "segment" in known
+    assert "email" not in known and "phone" not in known and "customer_id" not in known
+
+
+def test_grouping_says_what_a_source_lacks(tiny_data, tmp_path):
+    assert fc.grouping(tiny_data, "")["by"] is None
+    assert fc.grouping(tiny_data, "channel") == {"by": "channel", "segments": None, "note": "",
+                                                 "needs": None}
+    assert fc.grouping(tiny_data, "region")["needs"] == "customers.region"
+    g = fc.grouping(tiny_data, "segment", reports_dir=tmp_path)
+    assert g["by"] == "segment" and "No segmentation run was found" in g["note"]
+    assert set(g["segments"].columns) == {"customer_id", "segment"} and g["segments"]["segment"].notna().all()
+
+
+def test_grouping_by_segment_uses_the_latest_segmentation_run(tiny_data, tmp_path):
+    run = tmp_path / "segmentation" / "20260101T000000Z-abcd"
+    (run / "exports").mkdir(parents=True)
+    (run / "run.json").write_text('{"status": "success", "run_id": "20260101T000000Z-abcd", '
+                                  '"started_at": "2026-01-01T00:00:00"}')
+    pd.DataFrame({"customer_id": [1, 2, 3], "segment": ["core", "lost", "core"],
+                  "tier": ["VIP", "low", "low"]}).to_csv(run / "exports" / "segments.csv", index=False)
+    g = fc.grouping(tiny_data, "tier", reports_dir=tmp_path)
+    assert "20260101T000000Z-abcd" in g["note"] and list(g["segments"]["tier"]) == ["VIP", "low", "low"]
+
+
+def test_price_analysis_says_why_it_is_not_available(tiny_data, tmp_path):
+    from crmlab.sources import open_source
+
+    lacking = tmp_path / "orders-only"
+    lacking.mkdir()
+    pd.DataFrame({"customer_id": [1, 2], "order_date": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+                  "amount": [1.0, 2.0]}).to_parquet(lacking / "orders.parquet")
+    out = fc.price_analysis(open_source(str(lacking)))
+    assert not out["available"] and out["needs"] == ["order_lines.product_id", "order_lines.quantity",
+                                                     "order_lines.unit_price"]
+    assert "revenue" in fc.price_analysis(tiny_data, value="orders")["reason"]
+    few = fc.price_analysis(tiny_data)       # two products with one price each
+    assert not few["available"] and few["reason"].startswith("The data cannot support")
+
+
+def test_price_analysis_ladder_and_the_change_asked_for():
+    res = fc.forecast(weekly_panel(n_groups=1, T=150), freq="W", horizon=6, n_origins=2,
+                      fast_models=FAST, detailed_models=())
+
+    el = fc.price_elasticity(_count_panel(seed=1, n=40, T=36), freq="M")
+    price = {"available": True, "elasticity": el, "usable": True, "sold_share": 0.9}
+    for c in (-0.2, -0.1, -0.05, 0.05, 0.1):
+        sc = fc.price_scenario(res, el, c)
+        assert np.sign(sc["impact"]) == -np.sign(c)        # elastic: a cut raises revenue
+    t = fc.scenario_table({**price, "table": pd.DataFrame(
+        [{"price change": -0.1, "units": 0.17, "revenue": 0.05, "revenue impact": 10.0, "impact low": 9.0,
+          "impact high": 11.0, "asked": True}])})
+    assert list(t.columns) == ["price change", "units", "revenue", "revenue impact", "95% range", ""]
+    assert t[""].tolist() == ["◀ asked"] and t["95% range"].tolist() == ["+9.0 to +11.0"]
+    assert "elastic" in fc.explain(res, "scenario", price=price)
+
+
+# -- page tables, cards and charts -------------------------------------------
+
+@pytest.fixture(scope="module")
+def grouped_res():
+    s = weekly_panel(n_groups=4, T=170, seed=9, sizes={3: 4})
+    return fc.forecast(s, freq="W", horizon=8, holdout=4, n_origins=3, fast_models=FAST,
+                       detailed_models=("sarimax",), calendar="cn")
+
+
+def test_metric_cards_put_the_four_kpis_first(grouped_res):
+    cards = fc.metric_cards(grouped_res)
+    kpis = [c for c in cards if c.get("kpi")]
+    assert [c["key"] for c in kpis] == ["forecast_total", "model_name", "improvement_vs_seasonal_naive",
+                                        "coverage_80"]
+    m = fc.forecast_metrics(grouped_res)
+    assert kpis[2]["value"] == pytest.approx(1 - m["backtest_mase"] / m["seasonal_naive_mase"])
+    assert "80% range" in kpis[0]["label"] and "to" in kpis[0]["label"]
+    keys = [c["key"] for c in cards]
+    assert len(keys) == len(set(keys)) and {"model", "model_by_group", "holdout_mase", "coverage_95",
+                                            "elasticity"} <= set(keys)
+
+
+def test_score_board_marks_the_chosen_model(grouped_res):
+    board = fc.score_board(grouped_res)
+    assert board["MASE"].is_monotonic_increasing and board["is_chosen"].sum() == 1
+    assert board.loc[board["is_chosen"], "chosen"].item() == "◀ chosen"
+    assert board.loc[board["is_chosen"], "MASE"].item() == pytest.approx(
+        fc.forecast_metrics(grouped_res)["backtest_mase"])
+    sn = board[board["short"] == "seasonal naive"]
+    assert sn["error vs seasonal naive"].item() == pytest.approx(0.0)
+
+
+def test_groups_display_hides_small_groups_and_holdout_table_follows(grouped_res):
+    shown = fc.groups_display(grouped_res)
+    assert "g3" not in set(shown["group"]) and len(shown) == 3       # g3 has 4 customers
+    assert shown["forecast"].dtype == "Int64" and shown["80% range"].str.contains(" to ").all()
+    h = fc.holdout_table(grouped_res)
+    assert h["series"].tolist()[0] == "total" and "g3" not in set(h["series"])
+
+
+def test_forecast_chart_shows_history_forecast_and_both_bands(grouped_res):
+    fig = fc.forecast_chart(grouped_res)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"observed", "forecast", "80% prediction interval", "95% prediction interval",
+            "withheld actuals (holdout)"} <= set(labels)
+    observed = next(line for line in ax.lines if line.get_label() == "observed")
+    forecast = next(line for line in ax.lines if line.get_label() == "forecast")
+    assert forecast.get_xdata()[0] > observed.get_xdata()[-1]
+
+
+def test_groups_chart_draws_each_groups_forecast_after_its_history(grouped_res):
+    import matplotlib.dates as mdates
+
+    fig = fc.groups_chart(grouped_res, ["g0", "g1"])
+    assert len(fig.axes) == 2
+    end = mdates.date2num(grouped_res.periods[grouped_res.train_len - 1])
+    for ax in fig.axes:
+        xs = [mdates.date2num(pd.Timestamp(x)) if not isinstance(x, (float, np.floating)) else x
+              for line in ax.lines[1:] for x in line.get_xdata()]
+        assert xs and min(xs) > end                     # the forecast line sits after the history
+
+
+def test_effects_in_plain_words(grouped_res):
+    e = fc.effects_display(grouped_res)
+    assert list(e.columns) == ["event", "effect", "p-value", "reading"]
+    assert set(e["reading"]) <= {"clear", "not clear"} and not e["event"].str.startswith("hol_").any()
+    assert fc.p_text(0.0001) == "<0.001" and fc.p_text(0.0456) == "0.046"
+    assert fc.event_label("hol_singles_day") == "Singles' Day (11.11)"
+
+
+def test_intermittent_groups_do_not_narrow_the_totals_intervals():
+    """Many small groups that mostly sell nothing have scaled errors of
+    another shape (mostly zero); pooled with the total they would shrink its
+    conformal intervals. They calibrate apart, so the total's coverage stays
+    near nominal."""
+    rng = np.random.default_rng(7)
+    s = weekly_panel(n_groups=3, T=170, seed=7, noise=0.08)
+    periods = s["period"].drop_duplicates().sort_values()
+    sparse = [pd.DataFrame({"group": f"tiny{j}", "period": periods,
+                            "revenue": np.where(rng.random(len(periods)) < 0.03, 50.0, 0.0),
+                            "discount_share": 0.0, "group_customers": 12}) for j in range(40)]
+    res = fc.forecast(pd.concat([s, *sparse], ignore_index=True), freq="W", horizon=8, n_origins=4,
+                      fast_models=FAST, detailed_models=(), ensemble_size=0, reconcile="none")
+    alone = fc.forecast(s, freq="W", horizon=8, n_origins=4, fast_models=FAST, detailed_models=(),
+                        ensemble_size=0, reconcile="none")
+    k = res.chosen["total"]
+    assert k == alone.chosen["total"]          # the sparse groups barely move the total
+    with_sparse = res.forecast_frame[res.forecast_frame["group"] == "total"]
+    without = alone.forecast_frame[alone.forecast_frame["group"] == "total"]
+    width = lambda f: (f["hi80"] - f["lo80"]).mean()  # noqa: E731
+    assert width(with_sparse) == pytest.approx(width(without), rel=0.15)
+    assert res.coverage["total"][80] >= 0.7   # pooled with the sparse groups: about half as wide, 0.53

@@ -15,12 +15,14 @@ call or two::
     fc.findings(res, elasticity=el, scenario=sc)   # 3-5 sentences
     fc.explain(res, "forecast")                    # one paragraph per section
     fc.forecast_metrics(res); fc.exports(res)      # metrics.json, exports/*.csv
+    fc.forecast_chart(res)                         # history, forecast, 80/95% bands
 
 Modules: ``series`` (engine-side series, calendar regressors), ``metrics``
 (MASE, sMAPE, coverage, conformal quantiles), ``models`` (the estimators),
 ``pipeline`` (backtest, selection, intervals, reconciliation, holdout),
-``elasticity`` (price elasticity and scenarios), ``narrative`` (figures and
-sentences).
+``elasticity`` (price elasticity and scenarios), ``narrative`` (figures,
+tables and sentences), ``charts`` (the page's figures), ``page`` (parameter
+checks, the segment frame, the price analysis).
 """
 
 from crmlab.forecasting.elasticity import Elasticity, price_elasticity, price_panel, price_scenario
@@ -30,10 +32,15 @@ from crmlab.forecasting.models import (
     HoltWintersForecaster, MovingAverageForecaster, NaiveForecaster, SarimaxForecaster,
     SeasonalNaiveForecaster, ThetaForecaster)
 from crmlab.forecasting.narrative import (
-    explain, exports, findings, forecast_metrics, group_table, model_label)
+    effects_display, effects_table, event_label, explain, exports, findings, forecast_metrics,
+    group_table, groups_display, kpi_model, p_text, plain_model,
+    holdout_table, metric_cards, model_label, price_metrics, scenario_table, score_board)
+from crmlab.forecasting.page import (
+    check_parameters, grouping, grouping_columns, latest_segments, price_analysis, segments_for)
 from crmlab.forecasting.pipeline import ForecastResult, forecast, rolling_origins
 from crmlab.forecasting.series import (
     FREQ_RULES, TOTAL, build_series, calendar_features, series_from_dataset, to_panel)
+from crmlab.forecasting.charts import backtest_chart, forecast_chart, groups_chart, scoreboard_chart
 
 __all__ = [
     "build_series", "series_from_dataset", "calendar_features", "to_panel", "FREQ_RULES", "TOTAL",
@@ -44,4 +51,8 @@ __all__ = [
     "forecast", "ForecastResult", "rolling_origins",
     "price_panel", "price_elasticity", "price_scenario", "Elasticity",
     "forecast_metrics", "exports", "findings", "explain", "group_table", "model_label",
+    "effects_display", "groups_display", "kpi_model", "p_text", "plain_model",
+    "metric_cards", "price_metrics", "scenario_table", "grouping", "score_board", "effects_table", "holdout_table", "event_label",
+    "check_parameters", "grouping_columns", "latest_segments", "segments_for", "price_analysis",
+    "forecast_chart", "backtest_chart", "groups_chart", "scoreboard_chart",
 ]

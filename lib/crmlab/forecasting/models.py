@@ -496,7 +496,11 @@ class SarimaxForecaster(_PerSeries):
     frequency's Fourier pairs (yearly season), one share-of-days column per
     holiday of ``calendar`` and the exogenous columns passed to ``fit`` (the
     promotion share). Regressors that do not vary in the training window
-    are dropped. Intervals: the model's.
+    are dropped, and so are regressors that repeat others (holidays that
+    always fall in the same week). Intervals: the model's. ``cov_type``:
+    how the p-values of the chosen order's coefficients are computed
+    (statsmodels' ``"opg"`` by default; ``"none"`` skips them, as the
+    backtest fits do -- they cost about a second a fit).
 
     Attributes
     ----------
@@ -514,12 +518,14 @@ class SarimaxForecaster(_PerSeries):
     ORDERS = ((1, 0, 0), (2, 0, 0))
 
     def __init__(self, *, calendar: str = "cn", exog_names: tuple[str, ...] = ("promo",),
-                 orders=None, method: str = "burg", season_length: int | None = None):
+                 orders=None, method: str = "burg", season_length: int | None = None,
+                 cov_type: str = "opg"):
         self.calendar = calendar
         self.exog_names = exog_names
         self.orders = orders
         self.method = method
         self.season_length = season_length
+        self.cov_type = cov_type
 
     def fit(self, Y, periods=None, *, freq="W", exog=None):
         Y = self._setup(Y, periods, freq)
@@ -537,21 +543,27 @@ class SarimaxForecaster(_PerSeries):
         return np.column_stack(cols), names
 
     def _fit_one(self, y, i):
+        from scipy import stats
         from statsmodels.tsa.arima.model import ARIMA
 
         X, names = self._design(i, self.X_, None if self.exog_ is None else self.exog_[i])
+        # regressors that do not vary, or repeat others (holidays that always
+        # share a week), are dropped: the regression must have full rank
         keep = np.ptp(X, axis=0) > 1e-12
+        keep[keep] = independent_columns(X[:, keep] - X[:, keep].mean(axis=0))
         X, names = X[:, keep], [n for n, k in zip(names, keep) if k]
         self.keep_[i] = keep
         best, best_ic, best_order = None, np.inf, None
         for order in (self.orders or self.ORDERS):
             # Burg's AR estimator with feasible GLS for the regression takes
-            # ~0.02-0.2 s; MA terms need innovations MLE
+            # ~0.02-0.2 s; MA terms need innovations MLE. The parameters'
+            # covariance (numerical scores, ~1 s) only when asked for
             method = self.method if order[2] == 0 else "innovations_mle"
             try:
-                res = ARIMA(y, exog=X, order=order, trend="c").fit(method=method)
+                res = ARIMA(y, exog=X, order=order, trend="c").fit(method=method, cov_type="none")
             except ValueError:
-                res = ARIMA(y, exog=X, order=order, trend="c").fit(method="innovations_mle")
+                res = ARIMA(y, exog=X, order=order, trend="c").fit(method="innovations_mle",
+                                                                   cov_type="none")
             ic = _aicc(res.llf, len(res.params), len(y))
             if np.isfinite(ic) and ic < best_ic:
                 best, best_ic, best_order = res, ic, order
@@ -559,7 +571,13 @@ class SarimaxForecaster(_PerSeries):
         coef, pval = {}, {}
         if best is not None:
             params = dict(zip(best.model.param_names, np.asarray(best.params, float)))
-            pvals = dict(zip(best.model.param_names, np.asarray(best.pvalues, float)))
+            pvals = {}
+            if self.cov_type != "none":   # for the chosen order only
+                cov = getattr(best, f"cov_params_{self.cov_type}")
+                se = np.sqrt(np.clip(np.diag(np.asarray(cov, float)), 0, None))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    z = np.asarray(best.params, float) / se
+                pvals = dict(zip(best.model.param_names, 2 * stats.norm.sf(np.abs(z))))
             coef = {name: params.get(f"x{j + 1}", np.nan) for j, name in enumerate(names)}
             pval = {name: pvals.get(f"x{j + 1}", np.nan) for j, name in enumerate(names)}
         self.coef_[i], self.pvalues_[i] = coef, pval
@@ -585,6 +603,29 @@ class SarimaxForecaster(_PerSeries):
             ci = np.asarray(pred.conf_int(alpha=1 - lv / 100), float)
             ints[lv] = (ci[:, 0], ci[:, 1])
         return mean, ints
+
+
+def independent_columns(X: np.ndarray, rtol: float = 1e-7) -> np.ndarray:
+    """Which columns of ``X`` to keep, left to right, so that none is (nearly)
+    a linear combination of those before it: a boolean mask.
+
+    Columns are scaled to unit length; a column whose QR diagonal (its part
+    orthogonal to the earlier columns) is below ``rtol`` is dropped.
+
+    Examples
+    --------
+    >>> independent_columns(np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 2.0, 1.0]])).tolist()
+    [True, False, True]
+    """
+    X = np.asarray(X, dtype=float)
+    norms = np.linalg.norm(X, axis=0)
+    keep = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1.0)
+    if not keep.any():
+        return keep
+    idx = np.flatnonzero(keep)
+    r = np.abs(np.diag(np.linalg.qr(X[:, idx] / norms[idx], mode="r")))
+    keep[idx[r < rtol]] = False
+    return keep
 
 
 def _threads(n: int | None):

@@ -19,13 +19,20 @@ report's forecasting sections for the total and for every group at once:
    model's own where it has them (ETS, SARIMAX) and the backtest shows
    them calibrated (coverage within ``CALIBRATION`` of nominal), else
    conformal intervals from the backtest's absolute errors per horizon
-   step. ``ForecastResult.interval_source`` says which, per group. Coverage
+   step (scaled by each series' mean error and pooled over like series:
+   the total and the regular groups together, intermittent groups -- more
+   than ``INTERMITTENT_SHARE`` of periods without sales -- apart).
+   ``ForecastResult.interval_source`` says which, per group. Coverage
    of both kinds is measured in the backtest (conformal ones
    leave-one-origin-out, so an origin's errors never calibrate its own
    interval).
 5. Groups: the fast models run on every group, the statsmodels models on
    the total and the ``n_detailed`` largest groups; groups are reconciled
-   with the total (bottom-up by default).
+   with the total. The sum of the groups' chosen forecasts is scored in the
+   backtest like a model of the total (``"bottom_up"``); ``reconcile="auto"``
+   (default) publishes it as the total when it beat the total's own model,
+   else scales the groups to the total's own forecast (top-down), so the
+   published total is always the better of the two and the groups add up.
 """
 
 from __future__ import annotations
@@ -41,11 +48,15 @@ from crmlab.forecasting import metrics as M
 from crmlab.forecasting.models import DETAILED_MODELS, FAST_MODELS, LEVELS, MODELS
 from crmlab.forecasting.series import TOTAL, check_freq, future_periods, to_panel
 
-RECONCILE = ("bottom_up", "top_down", "none")
+RECONCILE = ("auto", "bottom_up", "top_down", "none")
+BOTTOM_UP = "bottom_up"   # the total's pseudo-model: the sum of the groups' chosen forecasts
 # a model's own intervals are kept when their backtest coverage is within
 # this of the nominal 80% (scaled to each level's tail: +-0.10 at 80%,
 # +-0.0375 at 95%); otherwise the conformal intervals replace them
 CALIBRATION = 0.10
+# a series with more than this share of periods without sales is
+# intermittent: its errors calibrate intervals apart from the regular series'
+INTERMITTENT_SHARE = 0.10
 
 
 @dataclasses.dataclass
@@ -153,13 +164,16 @@ def rolling_origins(n_train: int, horizon: int, n_origins: int, step: int, min_t
     return [o for o in (last - k * step for k in reversed(range(n_origins))) if o >= min_train]
 
 
-def _make(name: str, *, calendar: str, random_state, exog_names):
+def _make(name: str, *, calendar: str, random_state, exog_names, final: bool = True):
     cls = MODELS[name]
     kw = {}
     if name in ("sarimax", "gradient_boosting"):
         kw["calendar"] = calendar
     if name == "sarimax":
         kw["exog_names"] = tuple(exog_names)
+        # p-values (numerical scores, ~1 s a fit) only for the final fit,
+        # whose effects the page reports
+        kw["cov_type"] = "opg" if final else "none"
     if name == "gradient_boosting":
         kw["random_state"] = random_state
     return cls(**kw)
@@ -179,7 +193,7 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
              step: int | None = None, fast_models=FAST_MODELS, detailed_models=DETAILED_MODELS,
              n_detailed: int = 3, calendar: str = "cn", exog: tuple[str, ...] = ("discount_share",),
              future_exog: pd.DataFrame | None = None, ensemble_size: int = 3,
-             reconcile: str = "bottom_up", levels: tuple[int, ...] = LEVELS,
+             reconcile: str = "auto", levels: tuple[int, ...] = LEVELS,
              nonnegative: bool = True, random_state: int | None = 0) -> ForecastResult:
     """Backtest, choose, forecast and reconcile the series of a sales frame.
 
@@ -219,12 +233,14 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         historical mean in the backtest and in the forecast alike.
     ensemble_size : int
         Models averaged in the ensemble (0 disables it).
-    reconcile : {"bottom_up", "top_down", "none"}
-        ``bottom_up``: the total is the sum of the groups' forecasts (its
-        interval widths are the total model's, re-centred). ``top_down``:
-        the groups are scaled so they add up to the total's own forecast
-        (forecast proportions, Athanasopoulos, Ahmed & Hyndman 2009, *IJF*
-        25(1)).
+    reconcile : {"auto", "bottom_up", "top_down", "none"}
+        ``bottom_up``: the total is the sum of the groups' forecasts, with
+        conformal intervals from the backtest errors of that sum.
+        ``top_down``: the groups are scaled so they add up to the total's
+        own forecast (forecast proportions, Athanasopoulos, Ahmed & Hyndman
+        2009, *IJF* 25(1)). ``auto``: bottom-up when the sum of the groups
+        beat the total's own chosen model in the backtest (MASE), else
+        top-down. ``ForecastResult.reconcile`` records the one used.
     levels : tuple of int
         Interval levels in percent.
     nonnegative : bool
@@ -289,7 +305,9 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     rows_of.update({name: detailed_rows for name in detailed_models})
     names = list(dict.fromkeys([*fast_models, *detailed_models]))
     mk = lambda name: _make(name, calendar=calendar, random_state=random_state,  # noqa: E731
-                            exog_names=exog_names)
+                            exog_names=exog_names, final=False)
+    mk_final = lambda name: _make(name, calendar=calendar, random_state=random_state,  # noqa: E731
+                                  exog_names=exog_names, final=True)
 
     def future_x(o, steps):
         if X is None:
@@ -365,20 +383,57 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
             if mase_tab["ensemble"][i] < mase_tab[chosen[groups[i]]][i]:
                 chosen[groups[i]] = "ensemble"
 
-    # -- conformal quantiles (per model, pooled over its rows) ------------
+    # -- the sum of the groups, scored like a model of the total ----------
+    reconciled_mase = None
+    if n > 1 and reconcile != "none":
+        bu = np.zeros((O, n, h))
+        bu[:] = np.nan
+        bu[:, 0] = np.nansum(np.stack([bt[chosen[g]][:, i] for i, g in enumerate(groups) if i],
+                                      axis=1), axis=1)
+        bt[BOTTOM_UP] = bu
+        rows_of[BOTTOM_UP] = [0]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mase_tab[BOTTOM_UP] = mase_of(bu)
+            smape_tab[BOTTOM_UP] = np.nanmean(M.smape(actual, bu), axis=0)
+        bt_int[BOTTOM_UP] = {lv: (np.full((O, n, h), np.nan),) * 2 for lv in levels}
+        names_all.append(BOTTOM_UP)
+        reconciled_mase = float(mase_tab[BOTTOM_UP][0])
+        if reconcile == "bottom_up" or (reconcile == "auto"
+                                        and reconciled_mase < mase_tab[chosen[TOTAL]][0]):
+            chosen[TOTAL] = BOTTOM_UP
+    if n > 1 and reconcile != "none":
+        reconcile = "bottom_up" if chosen[TOTAL] == BOTTOM_UP else "top_down"
+
+    # -- conformal quantiles (per model, pooled over like series) ---------
     # errors are divided by each row's own mean backtest error of that model,
-    # so rows of any size and noise pool into one shape per horizon step
+    # so series of any size pool into one shape per horizon step. Series
+    # with many periods without sales (intermittent) have errors of another
+    # shape -- mostly zero, now and then large -- so they pool apart from the
+    # total and the regular groups
     abs_err = {k: np.abs(actual - bt[k]) for k in names_all}                  # (O, n, h)
+    intermittent = (Y[:, :n_train] <= 0).mean(axis=1) > INTERMITTENT_SHARE
+    intermittent[0] = False
+
+    def pools(rows):
+        rows = list(rows)
+        parts = [[r for r in rows if not intermittent[r]], [r for r in rows if intermittent[r]]]
+        return [part for part in parts if part]
 
     def conformal(k, rows, drop_origin=None):
+        """({level: (n, h) half-width multiples}, (n,) row scales)."""
         keep = [oi for oi in range(O) if oi != drop_origin]
         e = abs_err[k][keep]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             s = np.nanmean(e, axis=(0, 2))                                    # (n,)
         s = np.where(np.isfinite(s) & (s > 0), s, scale[-1])
-        r = (e[:, rows] / s[rows][None, :, None]).reshape(-1, h)
-        return {lv: M.conformal_quantiles(r, lv / 100) for lv in levels}, s
+        Q = {lv: np.full((n, h), np.nan) for lv in levels}
+        for pool in pools(rows):
+            r = (e[:, pool] / s[pool][None, :, None]).reshape(-1, h)
+            for lv in levels:
+                Q[lv][pool] = M.conformal_quantiles(r, lv / 100)
+        return Q, s
 
     q = {k: conformal(k, rows_of[k]) for k in names_all}
 
@@ -401,7 +456,7 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
                     c_model[lv] = M.coverage(actual[:, i], np.clip(lo, 0, None) if nonnegative else lo,
                                              bt_int[k][lv][1][:, i])
                 if loo is not None:
-                    half = np.stack([loo[oi][0][lv] * loo[oi][1][i] for oi in range(O)])
+                    half = np.stack([loo[oi][0][lv][i] * loo[oi][1][i] for oi in range(O)])
                     lo, hi = bt[k][:, i] - half, bt[k][:, i] + half
                     c_conf[lv] = M.coverage(actual[:, i], np.clip(lo, 0, None) if nonnegative else lo, hi)
             calibrated = bool(c_model) and all(
@@ -419,11 +474,12 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     need = set()
     for g in groups:
         need.update(ensembles.get(g, []) if chosen[g] == "ensemble" else [chosen[g]])
+    need.discard(BOTTOM_UP)
     for name in names:
         if name not in need and name != "seasonal_naive" and name != "sarimax":
             continue
         rows = rows_of[name]
-        model, out = _run(name, rows, Y, X, periods, freq, n_train, steps, xf, levels, mk)
+        model, out = _run(name, rows, Y, X, periods, freq, n_train, steps, xf, levels, mk_final)
         fitted_models[name] = (model, rows)
         final[name] = np.full((n, steps), np.nan)
         final[name][rows] = out["mean"]
@@ -433,8 +489,8 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
             if lv in out:
                 final_int[name][lv][0][rows], final_int[name][lv][1][rows] = out[lv]
 
-    def q_steps(k, lv):  # conformal half-width per step, extended past the backtest horizon
-        qq = q[k][0][lv]
+    def q_steps(k, lv, i):  # conformal half-width per step, extended past the backtest horizon
+        qq = q[k][0][lv][i]
         if steps <= h:
             return qq[:steps]
         # beyond the backtested horizon widths grow like sqrt(step)
@@ -444,20 +500,24 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     mean = np.zeros((n, steps))
     bounds = {lv: (np.zeros((n, steps)), np.zeros((n, steps))) for lv in levels}
     interval_source = {}
-    for i, g in enumerate(groups):
+    # groups first: a bottom-up total is their sum
+    for i in list(range(1, n)) + [0]:
+        g = groups[i]
         k = chosen[g]
         if k == "ensemble":
             mean[i] = np.mean([final[j][i] for j in ensembles[g]], axis=0)
+        elif k == BOTTOM_UP:
+            mean[i] = (np.clip(mean[1:], 0, None) if nonnegative else mean[1:]).sum(axis=0)
         else:
             mean[i] = final[k][i]
-        own = (k != "ensemble" and source[k].get(i) == "model"
+        own = (k not in ("ensemble", BOTTOM_UP) and source[k].get(i) == "model"
                and np.isfinite(final_int[k][levels[0]][0][i]).all())
         interval_source[g] = "model" if own else "conformal"
         for lv in levels:
             if own:
                 bounds[lv][0][i], bounds[lv][1][i] = final_int[k][lv][0][i], final_int[k][lv][1][i]
             else:
-                half = q_steps(k, lv) * q[k][1][i]
+                half = q_steps(k, lv, i) * q[k][1][i]
                 bounds[lv][0][i], bounds[lv][1][i] = mean[i] - half, mean[i] + half
     if nonnegative:
         mean = np.clip(mean, 0, None)
@@ -465,28 +525,15 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     # -- reconciliation ----------------------------------------------------
     labels = {g: (f"ensemble({'+'.join(ensembles[g])})" if chosen[g] == "ensemble" else chosen[g])
               for g in groups}
-    reconciled_mase = None
-    if n > 1 and reconcile != "none":
-        bu = mean[1:].sum(axis=0)
-        if reconcile == "bottom_up":
-            shift = bu - mean[0]
-            for lv in levels:
-                bounds[lv][0][0] += shift
-                bounds[lv][1][0] += shift
-            mean[0] = bu
-            labels[TOTAL] = "bottom_up"
-        else:
-            ratio = np.divide(mean[0], bu, out=np.ones_like(bu), where=bu > 0)
-            mean[1:] *= ratio
-            for lv in levels:
-                bounds[lv][0][1:] *= ratio
-                bounds[lv][1][1:] *= ratio
-            for g in groups[1:]:
-                labels[g] = f"top_down({labels[g]})"
-        # how the sum of the chosen group forecasts did on the total in backtest
-        chosen_bt = np.stack([bt[chosen[g]][:, i] for i, g in enumerate(groups)], axis=1)
-        sum_bt = np.nansum(chosen_bt[:, 1:], axis=1)
-        reconciled_mase = float(np.mean(np.mean(np.abs(actual[:, 0] - sum_bt), axis=1) / scale[:, 0]))
+    if reconcile == "top_down":
+        bu = np.clip(mean[1:], 0, None).sum(axis=0) if nonnegative else mean[1:].sum(axis=0)
+        ratio = np.divide(mean[0], bu, out=np.ones_like(bu), where=bu > 0)
+        mean[1:] *= ratio
+        for lv in levels:
+            bounds[lv][0][1:] *= ratio
+            bounds[lv][1][1:] *= ratio
+        for g in groups[1:]:
+            labels[g] = f"top_down({labels[g]})"
     for lv in levels:
         if nonnegative:
             np.clip(bounds[lv][0], 0, None, out=bounds[lv][0])
@@ -544,13 +591,13 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     # summing per-period bounds overstates the range of a sum and adding
     # variances understates it (errors are correlated across steps), so the
     # range comes from the backtest itself: the absolute error of each
-    # window's sum, over the row's mean error x h, pooled over the rows of
-    # the chosen model, at the conformal rank
+    # window's sum, over the row's mean error x h, pooled over the like
+    # series of the chosen model, at the conformal rank
     totals = {}
     future = slice(holdout, holdout + horizon)
     for i, g in enumerate(groups):
         k = chosen[g]
-        rows = rows_of[k]
+        rows = next(pool for pool in pools(rows_of[k]) if i in pool)
         sc = q[k][1]
         d = np.abs(np.sum(actual - bt[k], axis=2))[:, rows] / (sc[rows] * h)[None, :]
         d = np.sort(d[np.isfinite(d)])

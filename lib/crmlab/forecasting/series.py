@@ -32,7 +32,7 @@ FREQ_RULES: dict[str, dict] = {
 }
 
 TOTAL = "total"          # the label of the overall series
-MISSING_GROUP = "(missing)"  # the label of rows whose group value is null
+MISSING_GROUP = "(not recorded)"  # the label of rows whose group value is null
 _TRUNC_UNIT = {"D": "D", "W": "W", "M": "M"}
 
 
@@ -138,6 +138,26 @@ def fourier_terms(t: np.ndarray, freq: str) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def canonical_labels(values, weights=None) -> dict:
+    """Group labels that differ only in case or surrounding spaces, mapped
+    to one: the spelling with the most weight (e.g. revenue), trimmed; an
+    empty label becomes ``MISSING_GROUP``.
+
+    Examples
+    --------
+    >>> canonical_labels(["Web", " web ", "WEB", "app", " "], [10, 1, 2, 5, 1])
+    {'Web': 'Web', ' web ': 'Web', 'WEB': 'Web', 'app': 'app', ' ': '(not recorded)'}
+    """
+    frame = pd.DataFrame({"raw": pd.Series(values, dtype=object).astype(str),
+                          "w": 1.0 if weights is None else np.asarray(weights, dtype=float)})
+    frame["label"] = frame["raw"].str.strip()
+    frame["key"] = frame["label"].str.casefold()
+    best = (frame.groupby(["key", "label"], as_index=False)["w"].sum()
+            .sort_values(["key", "w", "label"], ascending=[True, False, True])
+            .drop_duplicates("key").set_index("key")["label"])
+    return {r: (best[k] if best[k] else MISSING_GROUP) for r, k in zip(frame["raw"], frame["key"])}
+
+
 def _columns(t: ir.Table | None) -> set[str]:
     return set(t.columns) if t is not None else set()
 
@@ -163,6 +183,9 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
     discount)``; absent without a ``discount`` column) -- the promotion
     regressor. ``group_customers`` is the group's distinct customers over
     the whole window (pages hide groups below ``config.MIN_GROUP_SIZE``).
+    Group labels that differ only in case or surrounding spaces ("Web",
+    " web ") are one group (:func:`canonical_labels`; its customers are then
+    the sum over the spellings).
 
     ``group_by`` may be a column of orders (channel), of order lines
     (category: each order's amount is split across its lines by line
@@ -250,12 +273,22 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
             "orders": (x._order.nunique() if "_order" in x.columns else x._amount.count())}
     if has_discount:
         aggs["_disc"] = x._discount.sum()
+    # the first and last order per cell give the data's span without another scan
+    aggs["_first"], aggs["_last"] = x._date.min(), x._date.max()
     per = x.group_by(["_group", "_period"]).aggregate(**aggs).to_pandas()
     sizes = x.group_by("_group").aggregate(group_customers=x[customer_id_col].nunique()).to_pandas()
-    span = x.aggregate(first=x._date.min(), last=x._date.max()).to_pandas()
-    if per.empty or pd.isna(span["first"].iloc[0]):
+    if per.empty or per["_first"].isna().all():
         raise NoDataError("table orders has no sales rows for the forecast "
                           "(check as_of and the status filter)")
+    span = pd.DataFrame({"first": [per["_first"].min()], "last": [per["_last"].max()]})
+    per = per.drop(columns=["_first", "_last"])
+    if group_by is not None:   # "Web", " web " and "WEB" are one group
+        canon = canonical_labels(per["_group"], per["revenue"])
+        if any(k != v for k, v in canon.items()):
+            per = per.assign(_group=per["_group"].map(canon)).groupby(
+                ["_group", "_period"], as_index=False).sum(numeric_only=True)
+            sizes = sizes.assign(_group=sizes["_group"].map(canon)).groupby(
+                "_group", as_index=False)["group_customers"].sum()
 
     first, last = pd.Timestamp(span["first"].iloc[0]), pd.Timestamp(span["last"].iloc[0])
     if cutoff is not None:
