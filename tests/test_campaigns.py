@@ -564,12 +564,19 @@ def test_metrics_have_the_issue_names_and_raw_p_values(analysis):
 def test_findings_and_paragraphs_are_written_from_numbers(analysis):
     f = analysis.findings(currency="CNY")
     assert 3 <= len(f) <= 5
-    assert any("HURT" in s and "hurt" in s for s in f)
-    assert any("UP" in s and "%" in s for s in f)
+    hurt = analysis.comparison.query("metric == 'conversion' and campaign_id == 'HURT'").iloc[0]
+    assert any("HURT" in s and "stop or rework" in s and f"{-100 * hurt.uplift:.1f} points" in s
+               for s in f)
+    up = analysis.comparison.query("metric == 'conversion' and campaign_id == 'UP'").iloc[0]
+    assert any(s.startswith("The strongest was UP") and f"{100 * up.treatment:.1f}%" in s for s in f)
+    t = analysis.totals()
+    assert any(f"CNY {abs(t['incremental_revenue']):,.0f} of revenue" in s
+               and f"ROI {t['roi_overall']:+.0%}" in s for s in f)
     text = analysis.section_text()
-    assert set(text) == {"funnel", "comparison", "impact", "checks", "quasi", "power", "uplift"}
+    assert set(text) == set(cp.SECTIONS) | {"srm", "profile"}
     assert "Holm" in text["comparison"]
     assert "estimated, not measured" in text["quasi"] and "Parallel trends" in text["quasi"]
+    assert "3 of 3 campaigns are as planned" in text["srm"]
 
 
 def test_uplift_targets_export(analysis):
@@ -577,25 +584,180 @@ def test_uplift_targets_export(analysis):
     feats = cp.customer_features(data.table("orders"), data.table("customers"),
                                  as_of="2024-07-01").to_pandas()
     assert len(feats) == 6000 and feats.customer_id.is_unique
-    targets = cp.uplift_targets(analysis.uplift, feats, top_share=0.1)
+    targets = cp.uplift_targets(analysis.uplift, feats, top_share=0.1, only_better_than_random=False)
     assert list(targets.columns) == ["customer_id", "campaign_id", "uplift_score"]
     fitted = [c for c, r in analysis.uplift.items() if r.fitted]
     assert set(targets.campaign_id) == set(fitted)
     assert (targets.groupby("campaign_id").size() == 600).all()
     # the same through the analysis, with the features measured as for the contacts
-    again = analysis.uplift_targets(data, as_of="2024-07-01", top_share=0.1)
+    again = analysis.uplift_targets(data, as_of="2024-07-01", top_share=0.1,
+                                    only_better_than_random=False)
     pd.testing.assert_frame_equal(again, targets)
-    assert all(len(analysis.uplift[c].segments) == 10 for c in fitted)
+    assert all(len(analysis.uplift[c].segments) == 5 for c in fitted)
+    # by default only models that beat random targeting make the list: in this world the
+    # effects are the same for everyone, so no ranking beats random
+    good = {c for c, r in analysis.uplift.items() if r.better_than_random}
+    assert set(analysis.uplift_targets(data, as_of="2024-07-01").campaign_id) == good
 
 
 def test_missing_tables_are_reported():
-    with pytest.raises(DataContractError):
-        cp.analyse(FakeData(orders=pd.DataFrame({"customer_id": [1], "amount": [1.0]})))
+    a = cp.analyse(FakeData(orders=pd.DataFrame({"customer_id": [1], "amount": [1.0]})))
+    assert not any(a.available(s) for s in cp.SECTIONS)
+    assert all("campaign_contacts" in a.needs[s][0] for s in cp.SECTIONS)
+    text = a.section_text()
+    assert all(text[s].startswith("Not available: needs campaign_contacts") for s in cp.SECTIONS)
+    cards = {c["key"]: c["value"] for c in a.metric_cards()}
+    assert cards["campaigns"] == {} and cards["campaigns_analysed"] == 0
+    assert cards["incremental_revenue"] is None and cards["roi_overall"] is None
+    assert 1 <= len(a.findings()) <= 5
+    assert list(a.results_table().columns) == ["campaign_id", "metric", "treatment", "control",
+                                               "uplift", "ci_low", "ci_high", "p_value",
+                                               "p_adjusted"]
+    assert all(cp.page_table(a, name)["table"] is None for name in cp.PAGE_TABLES)
     with pytest.raises(ParameterError):
         cp.analyse(_world(), correction="sidak")
 
 
 def test_as_of_leaves_out_later_campaigns():
-    a = cp.analyse(_world(), as_of="2024-04-15", quasi=False, uplift=False, n_boot=100)
+    a = cp.analyse(_world(), as_of="2024-04-15", quasi=False, uplift=False, n_boot=200)
     assert sorted(a.funnel.campaign_id) == ["NONE", "UP"]
     assert a.uplift == {} and a.quasi == []
+
+
+# --------------------------------------------------------------------------
+# the page: parameters, selection, totals, tables and charts
+# --------------------------------------------------------------------------
+
+def test_paid_orders_keep_paid_and_unknown_status():
+    t = _tbl(pd.DataFrame({"order_id": [1, 2, 3, 4], "status": [" Paid ", "refunded", None, "cancelled"]}))
+    assert sorted(cp.paid_orders(t).to_pandas().order_id) == [1, 3]
+    assert len(cp.paid_orders(t, paid_statuses=None).to_pandas()) == 4
+    assert len(cp.paid_orders(_tbl(pd.DataFrame({"order_id": [1]}))).to_pandas()) == 1
+
+
+@pytest.mark.parametrize("name, value", [("margin", 1.5), ("alpha", 0.6), ("correction", "sidak"),
+                                         ("power", 1.0), ("target_uplift", 0), ("n_boot", 50),
+                                         ("pre_days", 7), ("seed", -1), ("max_uplift_models", 99)])
+def test_parameters_outside_their_domain_are_refused(name, value):
+    with pytest.raises(ParameterError, match=f"^{name} must be"):
+        cp.check_parameters(**{name: value})
+    good = dict(margin=0.3, alpha=0.05, correction="bh", power=0.8, target_uplift=0.02, n_boot=0,
+                pre_days=365, seed=0, max_uplift_models=0)
+    assert cp.check_parameters(**good) == good
+
+
+def test_power_table_plans_for_an_absolute_or_a_relative_rise():
+    comp = pd.DataFrame({"campaign_id": ["A"], "metric": ["conversion"], "control": [0.05],
+                         "uplift": [0.01], "n_treatment": [4000.0], "n_control": [4000.0]})
+    absolute = cp.power_table(comp, target_uplift=0.02).iloc[0]
+    assert absolute.n_needed_treatment == cp.sample_size(0.05, 0.02)
+    relative = cp.power_table(comp, target_uplift=0.2, relative=True).iloc[0]
+    assert relative.n_needed_treatment == cp.sample_size(0.05, 0.2, relative=True)
+    # 4,000 per group detects a rise from 5% to 7% but not from 5% to 6%
+    assert absolute.powered and not relative.powered
+
+
+def test_uplift_candidates_are_the_largest_sound_randomised_campaigns():
+    comp = pd.DataFrame({"campaign_id": ["A", "B", "C", "D"], "metric": "conversion",
+                         "n_treatment": [100.0, 5000, 3000, 8000], "n_control": [100.0, 5000, 3000, 8000]})
+    srm = pd.DataFrame({"campaign_id": ["A", "B", "C", "D"], "mismatch": [False, False, False, True]})
+    bal = pd.DataFrame({"campaign_id": ["C"], "beyond_chance": [False], "imbalanced": [True]})
+    chosen, note = cp.uplift_candidates(comp, srm, bal, max_models=2)
+    assert chosen == ["B", "C"] and "D failed a check" in note and "2 largest of 3" in note
+    assert cp.uplift_candidates(comp, srm, bal.assign(beyond_chance=True), max_models=None)[0] == ["B", "A"]
+    assert cp.uplift_candidates(comp, srm, bal, max_models=0)[0] == []
+    assert cp.uplift_candidates(comp, srm, bal, campaigns=["D"]) == (["D"], "")
+    with pytest.raises(ParameterError, match="no control group"):
+        cp.uplift_candidates(comp, srm, bal, campaigns=["X"])
+
+
+def test_totals_and_cards(analysis):
+    imp = analysis.impact
+    t = analysis.totals()
+    cost = imp.cost.sum()
+    assert t["roi_overall"] == pytest.approx((0.3 * imp.incremental_revenue.sum() - cost) / cost)
+    conv = analysis.comparison.query("metric == 'conversion'")
+    assert t["share_significant_positive"] == pytest.approx(
+        ((conv.uplift > 0) & conv.significant).mean())
+    cards = analysis.metric_cards()
+    assert [c["key"] for c in cards if c.get("kpi")] == [
+        "campaigns_analysed", "incremental_revenue", "roi_overall", "share_significant_positive",
+        "campaigns_with_warnings"]
+    keys = [c["key"] for c in cards]
+    assert "campaigns" in keys and len(keys) == len(set(keys))
+
+
+def test_page_tables_leave_out_small_groups_and_read_plainly(analysis):
+    for name in cp.PAGE_TABLES:
+        shown = cp.page_table(analysis, name)
+        if shown["table"] is not None:
+            assert not any("_" in c for c in shown["table"].columns), name
+    comp = cp.page_table(analysis, "comparison", min_size=2000)["table"]
+    # NONE split 80/20 has about 1,000 controls: under the minimum, not shown
+    assert [c.split()[0] for c in comp.Campaign] == ["UP", "HURT"]
+    assert comp.Result.tolist() == ["raised", "lowered"]
+    funnel = cp.page_table(analysis, "funnel")
+    assert funnel["table_options"]["count_col"] == "Contacted"
+    assert list(funnel["table"].Campaign.str.split().str[0]) == ["UP", "NONE", "HURT", "NOCTRL"]
+    with pytest.raises(ParameterError):
+        cp.page_table(analysis, "nope")
+
+
+def test_charts_draw_one_mark_per_campaign(analysis):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = cp.forest_chart(analysis)
+    labels = [t.get_text().split()[0] for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["UP", "NONE", "HURT"]                 # by start date, first on top
+    colours = {ln.get_color() for ln in fig.axes[0].lines if ln.get_marker() == "o"}
+    assert {"#1a7f37", "#c62828"} <= colours                # one rose, one fell
+    assert len(cp.roi_chart(analysis).axes[0].get_yticklabels()) == 3
+    assert cp.quasi_chart(analysis) is not None and cp.power_chart(analysis) is not None
+    assert cp.uplift_chart(analysis) is not None            # the best fitted model
+    empty = cp.analyse(FakeData(orders=pd.DataFrame({"customer_id": [1], "amount": [1.0]})))
+    assert cp.uplift_chart(empty) is None and cp.quasi_chart(empty) is None
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_segment_profile_describes_each_verdict():
+    X = pd.DataFrame({"pre_aov": [100.0, 300, 500, 700], "age": [20.0, 30, 40, 50],
+                      "cat_home": [0.9, 0.1, 0.2, 0.3], "cat_toys": [0.1, 0.9, 0.8, 0.7]})
+    seg = pd.DataFrame({"bin": [1, 2], "verdict": ["helps", "hurts"], "n_treatment": [1, 1],
+                        "n_control": [1, 1], "conversion_treatment": [1.0, 0.0],
+                        "conversion_control": [0.0, 1.0]})
+    prof = cp.segment_profile(X, seg, np.array([1, 1, 2, 2]), min_group_size=2)
+    assert prof.verdict.tolist() == ["helps", "hurts"]
+    assert prof.pre_aov.tolist() == [200.0, 600.0] and prof.age.tolist() == [25.0, 45.0]
+    assert prof.top_category.tolist() == ["home", "toys"]
+    assert prof.observed_uplift.tolist() == [1.0, -1.0]
+    assert cp.segment_profile(X, seg, np.array([1, 1, 2, 2]), min_group_size=3).empty
+
+
+def test_snapshot_date():
+    data = FakeData(orders=pd.DataFrame({"customer_id": [1, 2], "amount": [1.0, 2.0],
+                                         "order_date": pd.to_datetime(["2026-01-02 08:00", "2026-03-04 10:00"])}))
+    assert cp.snapshot_date(data, "") == "2026-03-04"
+    assert cp.snapshot_date(data, "2025-12-31") == "2025-12-31"
+    assert cp.snapshot_date(FakeData(campaigns=pd.DataFrame({"campaign_id": ["A"]}))) is None
+
+
+def test_sample_contacts_keeps_the_same_customers_per_campaign():
+    rng = np.random.default_rng(0)
+    ctrl = rng.choice(100_000, 20_000, replace=False)
+    rows = pd.concat([
+        pd.DataFrame({"campaign_id": "A", "customer_id": rng.choice(100_000, 40_000, replace=False)}),
+        pd.DataFrame({"campaign_id": "B", "customer_id": ctrl}),        # B and C share a control group
+        pd.DataFrame({"campaign_id": "C", "customer_id": ctrl}),
+        pd.DataFrame({"campaign_id": "D", "customer_id": np.arange(500)})])
+    t = _tbl(rows)
+    sizes = rows.groupby("campaign_id").size().to_dict()
+    got = cp.sample_contacts(t, sizes, 5_000).to_pandas()
+    n = got.groupby("campaign_id").size()
+    assert n["D"] == 500                                     # small campaigns are kept whole
+    assert abs(n["A"] - 5_000) < 300 and abs(n["B"] - 5_000) < 300
+    assert set(got[got.campaign_id == "B"].customer_id) == set(got[got.campaign_id == "C"].customer_id)
+    again = cp.sample_contacts(t, sizes, 5_000).to_pandas()
+    assert set(map(tuple, again.to_numpy())) == set(map(tuple, got.to_numpy()))
+    assert cp.sample_contacts(t, sizes, None) is t

@@ -149,3 +149,44 @@ def test_permutation_test_holds_its_level_when_nothing_works():
                                               random_state=rep)["p_value"])
     p = np.asarray(p)
     assert (p < 0.05).mean() <= 0.12 and (p < 0.5).mean() <= 0.65
+
+
+def test_score_bins_are_equal_sized_best_first():
+    s = np.array([0.3, 0.9, 0.1, 0.5, 0.7, 0.2])
+    assert uplift.score_bins(s, 3).tolist() == [2, 1, 3, 2, 1, 3]
+    assert uplift.score_bins(s, 10).tolist() == [4, 1, 6, 3, 2, 5]      # at most one bin per row
+
+
+def test_adjusted_segment_verdicts_keep_the_family_level():
+    # no effect anywhere and a useless score: a verdict other than "no clear
+    # effect" in any of five bins is a false alarm
+    rng = np.random.default_rng(3)
+    alarms = {False: 0, True: 0}
+    for _ in range(300):
+        n = 2_000
+        y = (rng.random(n) < 0.1).astype(int)
+        t = rng.random(n) < 0.5
+        s = rng.random(n)
+        for adjust in alarms:
+            seg = uplift.uplift_segments(y, t, s, n_bins=5, adjust=adjust)
+            alarms[adjust] += (seg.verdict != "no clear effect").any()
+    # five 95% intervals raise a false alarm in about 1 - 0.95 ** 5 = 23% of
+    # studies; the Bonferroni-adjusted ones in at most 5%
+    assert alarms[False] / 300 > 0.15
+    assert alarms[True] / 300 <= 0.07
+    seg_raw = uplift.uplift_segments(y, t, s, n_bins=5)
+    seg_adj = uplift.uplift_segments(y, t, s, n_bins=5, adjust=True)
+    assert ((seg_adj.ci_high - seg_adj.ci_low) > (seg_raw.ci_high - seg_raw.ci_low)).all()
+
+
+def test_closed_form_optimum_area_is_the_sorted_one():
+    rng = np.random.default_rng(5)
+    for n, p in ((7, 0.4), (200, 0.1), (5_000, 0.03), (50, 0.0)):
+        y = (rng.random(n) < p).astype(float)
+        t = rng.random(n) < 0.6
+        pts = uplift._points(y, t, *uplift._ranking(uplift._optimum_score(y, t)))
+        assert uplift._optimum_area(y, t) == pytest.approx(uplift._qini_area(n, pts[0], pts[-1]))
+    counts = rng.poisson(0.5, 300).astype(float)          # not 0/1: sorted, as before
+    t = rng.random(300) < 0.5
+    pts = uplift._points(counts, t, *uplift._ranking(uplift._optimum_score(counts, t)))
+    assert uplift._optimum_area(counts, t) == pytest.approx(uplift._qini_area(300, pts[0], pts[-1]))

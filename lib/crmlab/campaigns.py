@@ -30,9 +30,15 @@ Sections (each a function returning a small frame ready to show):
    ``customer_features`` -> ``uplift_targets`` for the next campaign.
 
 ``analyse(data)`` runs them all on a ``Dataset`` and returns a
-``CampaignAnalysis`` with ``metrics()`` (metrics.json's ``campaigns``),
-``results_table()`` (campaign_results.csv), ``uplift_targets(data)``
-(uplift_targets.csv), ``findings()`` and ``section_text()`` for the page.
+``CampaignAnalysis`` with ``metric_cards()`` (metrics.json: the issue's
+``campaigns`` dict and the KPI cards), ``results_table()``
+(campaign_results.csv), ``uplift_targets(data)`` (uplift_targets.csv),
+``findings()``, ``section_text()``, ``available(section)`` / ``needs``.
+The page (``notebooks/50-campaigns.ipynb``) draws with ``funnel_chart``,
+``forest_chart``, ``roi_chart``, ``balance_chart``, ``quasi_chart``,
+``power_chart``, ``uplift_chart`` (the crmlab.charts theme) and shows
+``page_table(analysis, name)``: plain headings, campaigns with groups under
+the minimum size left out, in the order the campaigns started.
 
 Contacts: one row per (campaign, customer) with ``group`` treatment or
 control. A customer may be in the control group of several campaigns
@@ -73,6 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -86,7 +93,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import (confint_proportions_2indep, proportion_confint,
                                           test_proportions_2indep)
 
-from crmlab.config import DEFAULT_SEED
+from crmlab.config import DEFAULT_SEED, MIN_GROUP_SIZE
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 from crmlab import uplift as _uplift
 
@@ -161,6 +168,10 @@ QUASI_DESIGNS: dict[str, dict[str, str]] = {
     },
 }
 
+# orders with these statuses are purchases (a null status counts as paid), as in
+# the other reports: a refunded or cancelled order is not a purchase
+PAID_STATUSES: tuple[str, ...] = ("paid",)
+
 UPLIFT_FEATURES: tuple[str, ...] = ("pre_orders", "pre_spend", "pre_aov", "recency_days",
                                     "tenure_days", "pre_discount_share", "order_channel", "age",
                                     "gender", "region", "acquisition_channel")
@@ -211,6 +222,13 @@ def _fmt_pts(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.{digits}f} points"
 
 
+def _fmt_pts_range(lo: float, hi: float, digits: int = 1) -> str:
+    """An interval in percentage points: ``+2.4 to +4.8 points``."""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n/a"
+    return f"{100 * lo:+.{digits}f} to {100 * hi:+.{digits}f} points"
+
+
 def _fmt_money(x: float, currency: str = "") -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
@@ -227,6 +245,18 @@ def _fmt_p(p: float) -> str:
 # --------------------------------------------------------------------------
 # campaigns and engine-side aggregation
 # --------------------------------------------------------------------------
+
+def paid_orders(orders: ir.Table, *, status_col: str = "status",
+                paid_statuses: Sequence[str] | None = PAID_STATUSES) -> ir.Table:
+    """The orders that are purchases: where ``status_col`` exists, those whose
+    status (trimmed, lower-cased) is in ``paid_statuses`` or missing; else
+    every order. ``paid_statuses=None`` keeps every order. Same columns."""
+    if paid_statuses is None or status_col not in orders.columns:
+        return orders
+    status = orders[status_col].cast("string").strip().lower()
+    return orders.filter(status.isin([str(v).strip().lower() for v in paid_statuses])
+                         | status.isnull())
+
 
 CAMPAIGN_COLUMNS = ("campaign_id", "name", "channel", "start_date", "end_date", "cost",
                     "cost_per_contact", "planned_treatment_share")
@@ -906,6 +936,7 @@ def _history_features(units: ir.Table, orders: ir.Table, *, keys: Sequence[str],
     if has_discount:
         cols["_odi"] = orders[o_discount].cast("float64").fill_null(0.0)
     o = orders.select(**cols)
+    o = o.filter(o._od < k[ref].max())
     j = k.join(o, [k[customer_id] == o._oc, o._od < k[ref]])
     in_win = j._od >= (j[ref] - ibis.interval(days=int(pre_days)))
     aggs = {"_n": in_win.cast("int64").sum(),
@@ -947,12 +978,17 @@ def _category_shares(units: ir.Table, orders: ir.Table, order_lines: ir.Table, *
                      max_categories: int = 10, o_customer_id: str = "customer_id",
                      o_date: str = "order_date", order_id_col: str = "order_id",
                      category_col: str = "category", quantity_col: str = "quantity",
-                     unit_price_col: str = "unit_price") -> ir.Table:
+                     unit_price_col: str = "unit_price", base: ir.Table | None = None) -> ir.Table:
     """Add each unit's category mix before ``ref``: the share of its
     order-line value (quantity x unit price) in the ``pre_days`` before
     ``ref`` spent in each of the ``max_categories`` largest categories
     (columns ``cat_<category>``; null without lines). What customers buy
-    tells segments apart better than how much or how often."""
+    tells segments apart better than how much or how often.
+
+    ``base`` (default ``units``) is a cheaper table with the same ``keys``
+    and ``ref`` to take the units from: when ``units`` carries other
+    engine-side work (the history features), the engine would otherwise
+    compute that work twice."""
     if category_col not in order_lines.columns:
         return units
     ol = order_lines
@@ -964,10 +1000,14 @@ def _category_shares(units: ir.Table, orders: ir.Table, order_lines: ir.Table, *
            .limit(max_categories).to_pandas()["_cat"].dropna().tolist())
     if not top:
         return units
+    k = (units if base is None else base).select(*keys, ref).distinct()
     o = orders.select(_oid2=orders[order_id_col], _oc=orders[o_customer_id],
                       _od=orders[o_date].cast("timestamp"))
+    # only the orders that can fall in some unit's window, of the units' customers:
+    # the join with the (many more) order lines then builds on a small table
+    o = o.filter(o._od < k[ref].max(), o._od >= k[ref].min() - ibis.interval(days=int(pre_days)),
+                 o._oc.isin(k[customer_id]))
     lines = ol.join(o, ol._oid == o._oid2)
-    k = units.select(*keys, ref).distinct()
     j = k.join(lines, [k[customer_id] == lines._oc, lines._od < k[ref],
                        lines._od >= k[ref] - ibis.interval(days=int(pre_days))])
     names = {}
@@ -1066,7 +1106,7 @@ def contact_features(contacts: ir.Table, campaigns: ir.Table, orders: ir.Table,
         feat = _category_shares(feat, orders, order_lines, keys=("campaign_id", "customer_id"),
                                 ref="_ref", customer_id="customer_id", pre_days=pre_days,
                                 max_categories=max_categories,
-                                o_customer_id=order_customer_id_col, o_date=date_col)
+                                o_customer_id=order_customer_id_col, o_date=date_col, base=u)
     feat = _with_demographics(feat, customers, ref="_ref", customer_id="customer_id")
     return feat.drop("_ref")
 
@@ -1101,7 +1141,7 @@ def customer_features(orders: ir.Table, customers: ir.Table | None = None, *, as
         feat = _category_shares(feat, orders, order_lines, keys=("customer_id",), ref="_ref",
                                 customer_id="customer_id", pre_days=pre_days,
                                 max_categories=max_categories, o_customer_id=customer_id_col,
-                                o_date=date_col)
+                                o_date=date_col, base=base)
     feat = _with_demographics(feat, customers, ref="_ref", customer_id="customer_id",
                               c_customer_id=customer_id_col)
     return feat.drop("_ref")
@@ -1117,21 +1157,23 @@ def balance_check(features: ir.Table, *, covariates: Mapping[str, str] = BALANCE
     ``SMD = (mean_t - mean_c) / sqrt((var_t + var_c) / 2)`` (Austin 2009,
     eq. 1); ``|SMD| > threshold`` (0.1 by convention) is flagged. In a
     randomised campaign a small group is imbalanced by chance now and then,
-    so each difference also gets Welch's p-value: ``beyond_chance`` (p <
-    ``alpha``, strict like the sample-ratio check) says the split itself is
-    suspect, not just unlucky. Means and variances come from sums and sums
-    of squares computed in the engine on the table of
-    :func:`contact_features`.
+    so each difference also gets Welch's p-value, Holm-adjusted across all
+    the campaigns and covariates checked (``p_adjusted``: with 13 campaigns
+    and 4 covariates, 52 tests at 0.001 would raise a false alarm about one
+    report in twenty): ``beyond_chance`` (adjusted p < ``alpha``, strict
+    like the sample-ratio check) says the split itself is suspect, not just
+    unlucky. Means and variances come from sums and sums of squares
+    computed in the engine on the table of :func:`contact_features`.
 
     Returns
     -------
     pandas.DataFrame
         One row per campaign and covariate: ``campaign_id, covariate,
-        label, mean_treatment, mean_control, smd, p_value, imbalanced,
-        beyond_chance``.
+        label, mean_treatment, mean_control, smd, p_value, p_adjusted,
+        imbalanced, beyond_chance``.
     """
     cols = ["campaign_id", "covariate", "label", "mean_treatment", "mean_control", "smd",
-            "p_value", "imbalanced", "beyond_chance"]
+            "p_value", "p_adjusted", "imbalanced", "beyond_chance"]
     covs = [c for c in covariates if c in features.columns]
     aggs: dict[str, Any] = {"n": features.count()}
     for c in covs:
@@ -1165,17 +1207,21 @@ def balance_check(features: ir.Table, *, covariates: Mapping[str, str] = BALANCE
             p = float(welch_test(m1, v1, n1, m2, v2, n2)["p_value"]) if pooled > 0 else 1.0
             rows.append({"campaign_id": cid, "covariate": cov, "label": covariates[cov],
                          "mean_treatment": m1, "mean_control": m2, "smd": smd, "p_value": p,
-                         "imbalanced": bool(abs(smd) > threshold),
-                         "beyond_chance": bool(abs(smd) > threshold and p < alpha)})
-    return pd.DataFrame(rows, columns=cols)
+                         "imbalanced": bool(abs(smd) > threshold)})
+    out = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_adjusted", "beyond_chance")])
+    out["p_adjusted"] = adjust_pvalues(out["p_value"].to_numpy(float), "holm") if len(out) else []
+    out["beyond_chance"] = out["imbalanced"].astype(bool) & (out["p_adjusted"] < alpha)
+    return out[cols]
 
 
 def check_warnings(srm: pd.DataFrame, balance: pd.DataFrame, *,
                    threshold: float = CHECKS["smd_threshold"],
-                   alpha: float = CHECKS["srm_alpha"]) -> list[str]:
+                   alpha: float = CHECKS["srm_alpha"], chance: bool = True) -> list[str]:
     """Plain-language warnings for the campaigns that fail a check (empty
     when every check passes). Each names the campaign, the check and the
-    numbers, and says what it means for the reader."""
+    numbers, and says what it means for the reader. ``chance=False`` leaves
+    out imbalances within what a random split produces (small campaigns
+    show them often; they call for caution, not alarm)."""
     out = []
     for _, r in srm[srm["mismatch"]].iterrows():
         out.append(
@@ -1186,10 +1232,15 @@ def check_warnings(srm: pd.DataFrame, balance: pd.DataFrame, *,
             f"probably broken, so its treatment-control comparison should not be trusted until "
             f"the cause is found.")
     if len(balance):
-        bad = balance[balance["imbalanced"]]
+        bad = balance[balance["imbalanced"].astype(bool)]
+        if not chance:
+            bad = bad[bad.campaign_id.isin(bad.loc[bad["beyond_chance"].astype(bool), "campaign_id"])]
         for cid, g in bad.groupby("campaign_id", sort=True):
-            parts = ", ".join(f"{r.label} (SMD {r.smd:+.2f}, {_fmt_p(r.p_value)})"
-                              for _, r in g.iterrows())
+            parts = ", ".join(
+                f"{r.label} (SMD {r.smd:+.2f}, {_fmt_p(r.p_value)}"
+                + (f", {_fmt_p(r.p_adjusted)} after adjusting for the {len(balance)} checks"
+                   if "p_adjusted" in g and np.isfinite(r.p_adjusted) else "") + ")"
+                for _, r in g.iterrows())
             head = (f"Covariate imbalance in campaign {cid}: treatment and control differed "
                     f"before the campaign in {parts}, beyond the {threshold:g} threshold. ")
             if g["beyond_chance"].any():
@@ -1333,7 +1384,8 @@ def did_estimate(panel: pd.DataFrame, *, treated_col: str = "treated",
     -------
     pandas.DataFrame
         One row per outcome: ``outcome, n_treated, n_matched`` (treated
-        customers used), ``n_controls, treated_before,
+        customers used), ``n_controls, treated_earlier, control_earlier``
+        (means in the placebo's first period), ``treated_before,
         treated_after, control_before, control_after, effect, ci_low,
         ci_high, p_value, incremental_total, incremental_ci_low,
         incremental_ci_high, placebo, placebo_ci_low, placebo_ci_high,
@@ -1369,8 +1421,12 @@ def did_estimate(panel: pd.DataFrame, *, treated_col: str = "treated",
     Z = Z + rng.normal(scale=1e-6, size=Z.shape)
     k = int(min(n_neighbors, len(pool_idx)))
     exact = [c for c in exact if c in panel.columns]
-    strata = (panel[exact].astype(str).agg("|".join, axis=1).to_numpy() if exact
-              else np.zeros(len(panel), dtype=object))
+    if exact:
+        cols = [panel[c].astype(object).where(panel[c].notna(), "<missing>").astype(str)
+                for c in exact]
+        strata = cols[0].str.cat(cols[1:], sep="|").to_numpy() if len(cols) > 1 else cols[0].to_numpy()
+    else:
+        strata = np.zeros(len(panel), dtype=object)
     matches = np.empty((len(t_idx), k), dtype=np.int64)
     todo = np.ones(len(t_idx), dtype=bool)
     for value in np.unique(strata[t_idx]) if exact else []:
@@ -1423,6 +1479,7 @@ def did_estimate(panel: pd.DataFrame, *, treated_col: str = "treated",
         rows.append({
             "outcome": y, "n_treated": n_all_treated, "n_matched": n,
             "n_controls": int(len(np.unique(matches))),
+            "treated_earlier": float(m2[t_idx].mean()), "control_earlier": float(m2[matches].mean()),
             "treated_before": float(m1[t_idx].mean()), "treated_after": float(y0[t_idx].mean()),
             "control_before": float(m1[matches].mean()), "control_after": float(y0[matches].mean()),
             "effect": eff, "ci_low": lo, "ci_high": hi, "p_value": p,
@@ -1488,10 +1545,11 @@ def interrupted_time_series(series: pd.Series, start, *, alpha: float = 0.05,
 def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, orders: ir.Table,
                      customers: ir.Table | None = None, *, as_of=None,
                      window_days: int | None = None, attribution_days: int = 14,
-                     pre_days: int = 365, n_neighbors: int = 5, max_pool: int = 200_000,
-                     max_treated: int | None = 100_000, exact: Sequence[str] = ("country",),
+                     pre_days: int = 365, n_neighbors: int = 5, max_pool: int = 50_000,
+                     max_treated: int | None = 25_000, exact: Sequence[str] = ("country",),
                      min_pool: int = int(CHECKS["min_pool"]), alpha: float = 0.05,
-                     seed: int = DEFAULT_SEED, campaign_id_col: str = "campaign_id",
+                     seed: int = DEFAULT_SEED, last_order=None, n_customers: int | None = None,
+                     campaign_id_col: str = "campaign_id",
                      customer_id_col: str = "customer_id", group_col: str = "group",
                      date_col: str = "order_date", amount_col: str = "amount") -> dict:
     """A clearly labelled quasi-experimental estimate for a campaign without
@@ -1504,11 +1562,14 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     campaign running in ``[start - 2L, start + L)`` -- by
     :func:`did_estimate` -- both limited to customers who had ordered before
     ``start - 2L`` -- exactly matched on the ``exact`` columns of
-    ``customers`` that exist. At most ``max_pool`` candidates (a deterministic
-    hash sample, in the engine) and ``max_treated`` contacted customers
+    ``customers`` that exist. About ``max_pool`` candidates (a deterministic
+    hash sample of all customers at the rate ``max_pool / n_customers``,
+    taken in the engine before any join, so only the sampled customers'
+    orders are aggregated) and at most ``max_treated`` contacted customers
     (seeded sample) enter the matching. With fewer than ``min_pool``
     candidates, the fallback is :func:`interrupted_time_series` on the
-    contacted customers' daily orders.
+    contacted customers' daily orders. ``last_order`` (the newest order
+    date) and ``n_customers`` save a query each when the caller knows them.
 
     Returns
     -------
@@ -1526,7 +1587,7 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     length = (pd.Timestamp(end) - start).days + 1 if pd.notna(end) else 1
     L = int(window_days or max(length, 1) + attribution_days)
     notes = []
-    last = orders[date_col].max().execute()
+    last = orders[date_col].max().execute() if last_order is None and not as_of else last_order
     limit = pd.Timestamp(as_of) + pd.Timedelta(days=1) if as_of else pd.Timestamp(last)
     if limit is not None and start + pd.Timedelta(days=L) > limit:
         L_new = int((limit - start).days)
@@ -1549,27 +1610,30 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     grp = other[group_col].cast("string").strip().lower()
     other = other.filter(~grp.isin([k for k, v in GROUP_VALUES.items() if v == "control"]))
     exposed = other.select(_xc=other[customer_id_col]).distinct()
-    win = customer_windows(orders, start=start, window_days=L, pre_days=pre_days,
-                           customer_id_col=customer_id_col, date_col=date_col,
-                           amount_col=amount_col)
     # the panel is assembled and sampled in the engine: every contacted customer,
-    # and at most max_pool of the clean candidates (a deterministic hash sample)
+    # and about max_pool of the others (a deterministic hash sample, taken first)
     exact = [c for c in exact if customers is not None and c in customers.columns]
     if customers is not None:
         base = customers.select(customer_id=customers[customer_id_col],
                                 **{c: customers[c].cast("string") for c in exact}).distinct()
     else:
-        base = win.select("customer_id").union(treated_ids).distinct()
+        base = orders.select(customer_id=orders[customer_id_col]).union(treated_ids).distinct()
+    if max_pool:
+        n_base = int(base.count().execute()) if n_customers is None else int(n_customers)
+        if n_base > max_pool:
+            bucket = (base.customer_id.cast("string").hash() % 1_000_000).abs()
+            base = base.filter(base.customer_id.isin(treated_ids.customer_id)
+                               | (bucket < int(1_000_000 * max_pool / n_base)))
+    mine = orders.filter(orders[customer_id_col].isin(base.customer_id))
+    win = customer_windows(mine, start=start, window_days=L, pre_days=pre_days,
+                           customer_id_col=customer_id_col, date_col=date_col,
+                           amount_col=amount_col)
     tr = treated_ids.select(_tc=treated_ids.customer_id)
     base = base.left_join(tr, base.customer_id == tr._tc)
     base = base.left_join(exposed, base.customer_id == exposed._xc)
     base = base.select(customer_id=base.customer_id, *[base[c] for c in exact],
                        treated=base._tc.notnull(), _exposed=base._xc.notnull())
     base = base.filter(base.treated | ~base._exposed)
-    n_pool = int(base.filter(~base.treated).count().execute())
-    if max_pool and n_pool > max_pool:
-        bucket = (base.customer_id.cast("string").hash() % 1_000_000).abs()
-        base = base.filter(base.treated | (bucket < int(1_000_000 * max_pool / n_pool)))
     panel = base.left_join(win, base.customer_id == win.customer_id).select(
         base.customer_id, base.treated, *[base[c] for c in exact],
         *[win[k] for k in win.columns if k != "customer_id"])
@@ -1672,8 +1736,16 @@ def sample_size(baseline: float, uplift: float, *, relative: bool = False, alpha
 
 
 def power_table(comparison: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8,
-                target_uplift: float = 0.10) -> pd.DataFrame:
+                target_uplift: float = 0.02, relative: bool = False) -> pd.DataFrame:
     """Power of each campaign's conversion comparison.
+
+    Parameters
+    ----------
+    comparison : from :func:`compare_groups`
+    alpha, power : the test's level and the wanted power
+    target_uplift : float
+        The uplift to plan for: absolute conversion points (0.02 = from 5%
+        to 7%), or a share of each campaign's baseline with ``relative=True``.
 
     Returns
     -------
@@ -1681,7 +1753,7 @@ def power_table(comparison: pd.DataFrame, *, alpha: float = 0.05, power: float =
         One row per campaign: ``campaign_id, n_treatment, n_control,
         baseline`` (control conversion), ``mde`` (absolute points),
         ``mde_relative`` (share of baseline), ``observed_uplift``,
-        ``target_uplift`` (relative), ``n_needed_treatment`` and
+        ``target_uplift`` (as given), ``n_needed_treatment`` and
         ``n_needed_control`` for that target with the campaign's split,
         ``powered`` (the run was big enough for the target).
     """
@@ -1692,7 +1764,7 @@ def power_table(comparison: pd.DataFrame, *, alpha: float = 0.05, power: float =
         mde = minimum_detectable_effect(r.n_treatment, r.n_control, base, alpha=alpha, power=power)
         ratio = r.n_control / r.n_treatment if r.n_treatment else 1.0
         try:
-            need = sample_size(base, target_uplift, relative=True, alpha=alpha, power=power,
+            need = sample_size(base, target_uplift, relative=relative, alpha=alpha, power=power,
                                ratio=ratio)
         except ParameterError:
             need = np.nan
@@ -1719,11 +1791,16 @@ def power_table(comparison: pd.DataFrame, *, alpha: float = 0.05, power: float =
 class UpliftResult:
     """One campaign's uplift model and its held-out evaluation.
 
-    ``model`` is a :class:`crmlab.uplift.UpliftModel` fitted on all the
-    campaign's contacts, for scoring (``None`` when the campaign had too few
-    conversions; ``note`` says why). ``qini``, ``qini_p_value``, ``curve``
-    and ``segments`` judge the same recipe trained on ``n_train`` contacts
-    and scored on ``n_test`` others it never saw.
+    ``model`` is a :class:`crmlab.uplift.UpliftModel` trained on ``n_train``
+    of the campaign's contacts (``None`` when the campaign had too few
+    conversions; ``note`` says why). Everything else judges that same model
+    on ``n_test`` other contacts it never saw: ``qini`` (Radcliffe's Q),
+    ``qini_p_value`` and ``null_95`` (the randomisation test: the p-value
+    and the 95th percentile of Q when the model knows nothing), ``curve``
+    (the Qini curve), ``uplift_curve``, ``segments`` (bins of predicted
+    uplift with the observed uplift and a verdict) and ``profile`` (what the
+    held-out customers of each verdict look like). The model that is judged
+    is the one that scores the targeting list.
     """
 
     campaign_id: Any
@@ -1736,14 +1813,58 @@ class UpliftResult:
     curve: pd.DataFrame
     segments: pd.DataFrame
     note: str = ""
+    null_95: float = float("nan")
+    uplift_curve: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    profile: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def fitted(self) -> bool:
         return self.model is not None
 
+    @property
+    def better_than_random(self) -> bool:
+        """The Qini coefficient is positive and the randomisation test's
+        p-value below 0.05."""
+        return bool(self.fitted and np.isfinite(self.qini_p_value) and self.qini > 0
+                    and self.qini_p_value < 0.05)
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Predicted uplift per row of ``X`` (which has the ``features``)."""
         return self.model.predict(X[self.features])
+
+
+# features described in the profile of the uplift segments: column -> (label, format)
+PROFILE_FEATURES: dict[str, tuple[str, str]] = {
+    "pre_aov": ("Average order value before", "{:,.0f}"),
+    "pre_orders": ("Orders in the year before", "{:,.1f}"),
+    "recency_days": ("Days since last order", "{:,.0f}"),
+    "pre_discount_share": ("Discount share", "{:.0%}"),
+    "age": ("Age", "{:,.0f}"),
+}
+
+
+def sample_contacts(contacts: ir.Table, sizes: Mapping, max_rows: int | None, *,
+                    campaign_id_col: str = "campaign_id",
+                    customer_id_col: str = "customer_id") -> ir.Table:
+    """At most about ``max_rows`` contacts per campaign, in the engine.
+
+    ``sizes`` maps each campaign to its number of contacts (from
+    :func:`contact_aggregates`); a campaign with more keeps the contacts
+    whose customer id hashes below the rate ``max_rows / size`` -- a
+    deterministic sample, the same customers on every run and in every
+    campaign (two campaigns sharing a control group keep the same control
+    customers). Campaigns not in ``sizes`` or within ``max_rows`` are kept
+    whole; ``max_rows=None`` keeps everything. Same columns.
+    """
+    big = {cid: n for cid, n in sizes.items() if max_rows and n > max_rows}
+    if not big:
+        return contacts
+    bucket = (contacts[customer_id_col].cast("string").hash() % 1_000_000).abs()
+    cond = ~contacts[campaign_id_col].isin(list(big))
+    for cid, n in big.items():
+        cond = cond | ((contacts[campaign_id_col] == cid)
+                       & (bucket < int(1_000_000 * max_rows / n)))
+    return contacts.filter(cond)
 
 
 def uplift_frame(features: ir.Table, campaign_ids: Sequence, *,
@@ -1774,10 +1895,66 @@ def uplift_frame(features: ir.Table, campaign_ids: Sequence, *,
     return df[df.group.isin(["treatment", "control"])].reset_index(drop=True)
 
 
+def segment_profile(X: pd.DataFrame, segments: pd.DataFrame, bins: np.ndarray, *,
+                    features: Mapping[str, tuple[str, str]] = PROFILE_FEATURES,
+                    min_group_size: int = MIN_GROUP_SIZE) -> pd.DataFrame:
+    """Who the customers of each verdict are: the held-out contacts grouped
+    by the verdict of their bin of predicted uplift (helps / no clear
+    effect / hurts, from :func:`crmlab.uplift.uplift_segments`).
+
+    Parameters
+    ----------
+    X : pandas.DataFrame
+        The held-out contacts' features, one row per contact.
+    segments : pandas.DataFrame
+        From :func:`crmlab.uplift.uplift_segments` on those contacts.
+    bins : array of int
+        Each contact's bin (1 = highest predicted uplift), aligned with ``X``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per verdict present, best first: ``verdict, bins`` (e.g.
+        "1-2"), ``contacts``, ``observed_uplift`` (treated minus control
+        conversion over its bins), the mean of each feature of ``features``
+        present in ``X`` and ``top_category`` (the category with the largest
+        mean share, where ``cat_*`` columns exist). Groups under
+        ``min_group_size`` contacts are left out.
+    """
+    order = list(_uplift.SEGMENT_VERDICTS)
+    verdict_of = segments.set_index("bin")["verdict"]
+    v = pd.Series(np.asarray(bins)).map(verdict_of).to_numpy()
+    cats = [c for c in X.columns if c.startswith("cat_")]
+    rows = []
+    for name in order:
+        mask = v == name
+        if mask.sum() < min_group_size:
+            continue
+        seg = segments[segments.verdict == name]
+        nt, nc = seg.n_treatment.sum(), seg.n_control.sum()
+        ct = (seg.conversion_treatment * seg.n_treatment).sum()
+        cc = (seg.conversion_control * seg.n_control).sum()
+        row = {"verdict": name,
+               "bins": ", ".join(str(int(b)) for b in seg.bin),
+               "contacts": int(mask.sum()),
+               "observed_uplift": (ct / nt - cc / nc) if nt and nc else np.nan}
+        part = X.loc[mask]
+        for col in features:
+            if col in X.columns and pd.api.types.is_numeric_dtype(X[col]):
+                row[col] = float(pd.to_numeric(part[col], errors="coerce").mean())
+        if cats:
+            means = part[cats].mean()
+            row["top_category"] = (means.idxmax()[4:].replace("_", " ")
+                                   if means.notna().any() else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def fit_uplift(frame: pd.DataFrame, *, campaign_ids: Sequence | None = None,
-               method: str = "t_learner", feature_cols: Sequence[str] = UPLIFT_FEATURES,
-               test_size: float = 0.4, min_conversions: int = 30, n_bins: int = 10,
-               n_permutations: int = 200, alpha: float = 0.05,
+               method: str = "t_learner", estimator=None,
+               feature_cols: Sequence[str] = UPLIFT_FEATURES,
+               test_size: float = 0.4, min_conversions: int = 30, n_bins: int = 5,
+               n_permutations: int = 200, alpha: float = 0.05, refit: bool = False,
                seed: int = DEFAULT_SEED) -> dict[Any, UpliftResult]:
     """Fit and judge an uplift model per randomised campaign.
 
@@ -1787,9 +1964,12 @@ def fit_uplift(frame: pd.DataFrame, *, campaign_ids: Sequence | None = None,
     ``cat_*`` category shares present) learns on the training part and is
     judged on the held-out part only: the Qini coefficient (Radcliffe 2007)
     with a randomisation p-value (:func:`crmlab.uplift.qini_permutation_test`),
-    the Qini curve and the segments of predicted uplift
-    (:func:`crmlab.uplift.uplift_segments`). A model fitted the same way on
-    all the contacts then scores new customers.
+    the Qini and uplift curves, the ``n_bins`` segments of predicted uplift
+    (:func:`crmlab.uplift.uplift_segments`, intervals Bonferroni-adjusted
+    across the segments) and their profile
+    (:func:`segment_profile`). The judged model scores new customers; with
+    ``refit=True`` a model refitted on all the contacts does (more data, but
+    then the page's evaluation is of a sibling, not of the model used).
 
     One held-out part, not cross-fitting: pooling out-of-fold predictions
     makes similar customers in different folds score each other (each one's
@@ -1805,6 +1985,8 @@ def fit_uplift(frame: pd.DataFrame, *, campaign_ids: Sequence | None = None,
     ----------
     frame : pandas.DataFrame
         From :func:`uplift_frame`.
+    estimator : scikit-learn classifier, optional
+        The base classifier of :class:`crmlab.uplift.UpliftModel`.
 
     Returns
     -------
@@ -1837,21 +2019,27 @@ def fit_uplift(frame: pd.DataFrame, *, campaign_ids: Sequence | None = None,
         X = d[feats].reset_index(drop=True)
         tr, te = train_test_split(np.arange(len(d)), test_size=test_size, random_state=rs,
                                   stratify=t.astype(int) * 2 + y)
-        m = _uplift.UpliftModel(method=method, random_state=rs).fit(X.iloc[tr], t[tr], y[tr])
+        m = _uplift.UpliftModel(method=method, estimator=estimator,
+                                random_state=rs).fit(X.iloc[tr], t[tr], y[tr])
         score = m.predict(X.iloc[te])
         yt, tt = y[te], t[te]
         perm = _uplift.qini_permutation_test(yt, tt, score, n_permutations=n_permutations,
                                              random_state=rs)
-        final = _uplift.UpliftModel(method=method, random_state=rs).fit(X, t, y)
+        final = (_uplift.UpliftModel(method=method, estimator=estimator, random_state=rs)
+                 .fit(X, t, y) if refit else m)
+        segments = _uplift.uplift_segments(yt, tt, score, n_bins=n_bins, alpha=alpha, adjust=True)
+        bins = _uplift.score_bins(score, n_bins)
         out[cid] = UpliftResult(
             cid, final, feats, len(tr), len(te), perm["qini"], perm["p_value"],
-            _uplift.qini_curve(yt, tt, score),
-            _uplift.uplift_segments(yt, tt, score, n_bins=n_bins, alpha=alpha))
+            _uplift.qini_curve(yt, tt, score), segments, null_95=perm["null_95"],
+            uplift_curve=_uplift.uplift_curve(yt, tt, score),
+            profile=segment_profile(X.iloc[te].reset_index(drop=True), segments, bins))
     return out
 
 
 def uplift_targets(results: Mapping[Any, UpliftResult], customers: pd.DataFrame, *,
-                   top_share: float | None = None) -> pd.DataFrame:
+                   top_share: float | None = None, only_better_than_random: bool = True
+                   ) -> pd.DataFrame:
     """Score customers for the next campaign with each fitted model.
 
     Parameters
@@ -1862,16 +2050,22 @@ def uplift_targets(results: Mapping[Any, UpliftResult], customers: pd.DataFrame,
         frame of :func:`customer_features`).
     top_share : float, optional
         Keep only the top share of customers per campaign by score.
+    only_better_than_random : bool
+        Use only the models that beat random targeting on held-out
+        customers (a model that does not would hand marketing a list no
+        better than a lottery).
 
     Returns
     -------
     pandas.DataFrame
         The export ``uplift_targets.csv``: ``customer_id, campaign_id,
-        uplift_score``, highest score first within each campaign.
+        uplift_score`` (the predicted rise in the chance of converting if
+        contacted, in probability points), highest score first within each
+        campaign.
     """
     frames = []
     for cid, r in results.items():
-        if not r.fitted:
+        if not r.fitted or (only_better_than_random and not r.better_than_random):
             continue
         score = r.predict(customers)
         f = pd.DataFrame({"customer_id": customers["customer_id"].to_numpy(), "campaign_id": cid,
@@ -1887,22 +2081,23 @@ def uplift_targets(results: Mapping[Any, UpliftResult], customers: pd.DataFrame,
 
 def uplift_summary(results: Mapping[Any, UpliftResult]) -> pd.DataFrame:
     """One row per campaign: ``campaign_id, n_train, n_test, qini,
-    qini_p_value, better_than_random, helps, hurts`` (numbers of held-out
-    segments with each verdict), ``note``."""
+    qini_p_value, null_95, better_than_random, helps, no_effect, hurts``
+    (numbers of held-out segments with each verdict), ``note``."""
     rows = []
     for cid, r in results.items():
-        seg = r.segments
+        verdict = r.segments.get("verdict", pd.Series(dtype=str))
         rows.append({
             "campaign_id": cid, "n_train": r.n_train, "n_test": r.n_test, "qini": r.qini,
-            "qini_p_value": r.qini_p_value,
-            "better_than_random": bool(np.isfinite(r.qini_p_value) and r.qini_p_value < 0.05
-                                       and r.qini > 0),
-            "helps": int((seg.get("verdict", pd.Series(dtype=str)) == "helps").sum()),
-            "hurts": int((seg.get("verdict", pd.Series(dtype=str)) == "hurts").sum()),
+            "qini_p_value": r.qini_p_value, "null_95": r.null_95,
+            "better_than_random": r.better_than_random,
+            "helps": int((verdict == "helps").sum()),
+            "no_effect": int((verdict == "no clear effect").sum()),
+            "hurts": int((verdict == "hurts").sum()),
             "note": r.note,
         })
     return pd.DataFrame(rows, columns=["campaign_id", "n_train", "n_test", "qini", "qini_p_value",
-                                       "better_than_random", "helps", "hurts", "note"])
+                                       "null_95", "better_than_random", "helps", "no_effect",
+                                       "hurts", "note"])
 
 
 # --------------------------------------------------------------------------
@@ -1944,6 +2139,78 @@ def campaign_metrics(comparison: pd.DataFrame, impact_frame: pd.DataFrame) -> di
     return out
 
 
+# the sections of the page: key -> title a stakeholder reads
+SECTIONS: dict[str, str] = {
+    "funnel": "Funnel per campaign",
+    "channels": "Funnel per channel",
+    "comparison": "Did the campaigns raise conversion? Treatment against control",
+    "revenue": "Revenue per contact",
+    "impact": "Incremental results and return on investment",
+    "checks": "Checks before trusting the results",
+    "quasi": "Campaigns without a control group: quasi-experimental estimates",
+    "power": "Power: which effects each campaign could detect",
+    "uplift": "Uplift model: whom to target next",
+}
+
+# the report's parameters: name -> (check, what the error says)
+PARAMETER_RULES: dict[str, tuple[Any, str]] = {
+    "margin": (lambda v: 0 <= v <= 1, "a share of revenue between 0 and 1"),
+    "alpha": (lambda v: 0 < v < 0.5, "between 0 and 0.5 (0.05 is usual)"),
+    "correction": (lambda v: v in CORRECTIONS, f"one of {', '.join(CORRECTIONS)}"),
+    "power": (lambda v: 0 < v < 1, "between 0 and 1 (0.8 is usual)"),
+    "target_uplift": (lambda v: 0 < v < 1, "an absolute rise in conversion between 0 and 1 "
+                                           "(0.02 = two points)"),
+    "n_boot": (lambda v: v == 0 or 200 <= v <= 100_000,
+               "0 (Welch intervals only) or between 200 and 100,000"),
+    "pre_days": (lambda v: 30 <= v <= 3660, "between 30 and 3,660 days"),
+    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    "max_uplift_models": (lambda v: 0 <= v <= 50, "between 0 (no uplift models) and 50"),
+}
+
+
+def snapshot_date(data, as_of: str | dt.date | None = None) -> str | None:
+    """The report's as-of date as ``YYYY-MM-DD``: ``as_of`` when given, else
+    the latest order date of ``data`` (None without orders)."""
+    from crmlab.engine import latest_order_date
+
+    if as_of not in (None, ""):
+        return str(pd.Timestamp(as_of).date())
+    if not data.has("orders"):
+        return None
+    last = latest_order_date(data.table("orders"))
+    return None if last is None or pd.isna(last) else str(pd.Timestamp(last).date())
+
+
+def check_parameters(**params) -> dict:
+    """Refuse report parameters outside their domain, before any work.
+
+    Takes the report's own parameters as keywords (any of
+    ``PARAMETER_RULES``); unknown names are ignored. Raises
+    :class:`~crmlab.exceptions.ParameterError` naming the parameter and the
+    domain (never a data value); returns the parameters unchanged.
+
+    Examples
+    --------
+    >>> check_parameters(margin=0.3, correction="holm")["margin"]
+    0.3
+    >>> check_parameters(margin=1.5)
+    Traceback (most recent call last):
+    ...
+    crmlab.exceptions.ParameterError: margin must be a share of revenue between 0 and 1, got 1.5
+    """
+    for name, value in params.items():
+        if name not in PARAMETER_RULES:
+            continue
+        ok, domain = PARAMETER_RULES[name]
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ParameterError(f"{name} must be {domain}, got {value!r}")
+    return params
+
+
 @dataclasses.dataclass
 class CampaignAnalysis:
     """Everything the campaigns report shows, from :func:`analyse`.
@@ -1952,7 +2219,9 @@ class CampaignAnalysis:
     ``comparison``, ``impact``, ``srm``, ``balance``, ``power``,
     ``quasi`` (list of dicts from :func:`quasi_experiment`), ``uplift``
     (``{campaign_id: UpliftResult}``), ``warnings`` (list of str),
-    ``notes`` (``{section: "not available: ..."}``) and ``params``.
+    ``notes`` (``{section: text}``: why a part is missing or limited),
+    ``params``, ``needs`` (``{section: ["table.column", ...]}`` for the
+    sections of ``SECTIONS`` the data cannot support) and ``currency``.
     """
 
     campaigns: pd.DataFrame
@@ -1969,44 +2238,153 @@ class CampaignAnalysis:
     warnings: list
     notes: dict
     params: dict
+    needs: dict = dataclasses.field(default_factory=dict)
+    currency: str = ""
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def names(self) -> dict:
+        """``campaign_id -> name`` for the campaigns that have a name."""
+        info = self.campaigns
+        return {cid: name for cid, name in zip(info["campaign_id"], info["name"])
+                if isinstance(name, str) and name}
+
+    def available(self, section: str) -> bool:
+        """True when the data supports the section (a key of ``SECTIONS``)."""
+        if section not in SECTIONS:
+            raise ParameterError(f"unknown section {section!r}; known: {', '.join(SECTIONS)}")
+        return section not in self.needs
+
+    def title(self, section: str) -> str:
+        return SECTIONS[section]
+
+    @property
+    def featured(self) -> "UpliftResult | None":
+        """The uplift model the page shows in detail: the best of those that
+        beat random targeting (highest Qini coefficient), else the best
+        fitted one, else None."""
+        fitted = [r for r in self.uplift.values() if r.fitted]
+        if not fitted:
+            return None
+        good = [r for r in fitted if r.better_than_random]
+        return max(good or fitted, key=lambda r: r.qini if np.isfinite(r.qini) else -np.inf)
+
+    def flagged(self) -> list:
+        """Campaigns that fail a protective check: sample-ratio mismatch or
+        a pre-campaign imbalance beyond what a random split produces, in id
+        order. (Imbalances within chance are noted on the page, not counted.)"""
+        bad = set(self.srm.loc[self.srm["mismatch"].astype(bool), "campaign_id"]) if len(self.srm) else set()
+        if len(self.balance):
+            bad |= set(self.balance.loc[self.balance["beyond_chance"].astype(bool), "campaign_id"])
+        return sorted(bad, key=str)
+
+    def chance_imbalanced(self) -> list:
+        """Campaigns whose groups differed before the campaign by more than
+        the balance threshold, but within what chance produces."""
+        if not len(self.balance):
+            return []
+        b = self.balance
+        over = set(b.loc[b["imbalanced"].astype(bool), "campaign_id"])
+        return sorted(over - set(self.flagged()), key=str)
+
+    def totals(self) -> dict:
+        """The figures of the KPI cards: ``campaigns_analysed``,
+        ``incremental_revenue`` (sum over campaigns with a control group),
+        ``cost_with_control``, ``roi_overall`` ((margin x incremental revenue
+        - cost) / cost over the campaigns with a control group and a cost),
+        ``share_significant_positive`` (campaigns with a control group whose
+        conversion rose beyond chance after the correction),
+        ``campaigns_with_warnings``. Missing figures are None."""
+        conv = self.comparison[self.comparison.metric == "conversion"] if len(self.comparison) \
+            else self.comparison
+        imp = self.impact
+        inc = cost = roi = None
+        if len(imp) and "incremental_revenue" in imp and imp["incremental_revenue"].notna().any():
+            inc = float(imp["incremental_revenue"].sum())
+            paid = imp[imp["cost"].notna() & (imp["cost"] > 0) & imp["incremental_revenue"].notna()]
+            if len(paid):
+                cost = float(paid["cost"].sum())
+                roi = (self.params["margin"] * float(paid["incremental_revenue"].sum()) - cost) / cost
+        share = (float((conv.significant.astype(bool) & (conv.uplift > 0)).mean())
+                 if len(conv) else None)
+        return {"campaigns_analysed": int(len(self.funnel)), "incremental_revenue": inc,
+                "cost_with_control": cost, "roi_overall": roi,
+                "share_significant_positive": share,
+                "campaigns_with_warnings": int(len(self.flagged()))}
 
     def metrics(self) -> dict:
-        """``{"campaigns": campaign_metrics(...)}`` plus a few totals."""
-        conv = self.comparison[self.comparison.metric == "conversion"]
-        return {
-            "campaigns": campaign_metrics(self.comparison, self.impact),
-            "n_campaigns": int(len(self.funnel)),
-            "n_with_control": int(conv.campaign_id.nunique()),
-            "n_significant_conversion": int(conv.significant.sum()),
-            "incremental_revenue_total": _json(self.impact["incremental_revenue"].sum(min_count=1)
-                                               if len(self.impact) else None),
-            "checks_failed": int(len(self.warnings)),
-            "correction": self.params["correction"],
-        }
+        """``{"campaigns": campaign_metrics(...)}`` plus the totals."""
+        conv = self.comparison[self.comparison.metric == "conversion"] if len(self.comparison) \
+            else self.comparison
+        out = {"campaigns": campaign_metrics(self.comparison, self.impact)} if len(self.comparison) \
+            else {"campaigns": {}}
+        out.update(self.totals())
+        out.update({
+            "n_with_control": int(conv.campaign_id.nunique()) if len(conv) else 0,
+            "n_significant_conversion": int(conv.significant.astype(bool).sum()) if len(conv) else 0,
+            "uplift_models": int(sum(r.fitted for r in self.uplift.values())),
+            "uplift_models_better_than_random": int(sum(r.better_than_random
+                                                        for r in self.uplift.values())),
+            "correction": self.params.get("correction"),
+        })
+        return out
+
+    def metric_cards(self) -> list[dict]:
+        """Keywords for ``Report.metric``, one dict per figure: the KPI cards
+        (``kpi=True``: campaigns analysed, incremental revenue, overall ROI,
+        share of campaigns with a significant positive effect, campaigns with
+        warnings) and the other figures of :meth:`metrics` (``campaigns``:
+        the per-campaign dict of the issue, raw p-values)."""
+        m = self.metrics()
+        cur = f" ({self.currency})" if self.currency else ""
+        cards = [
+            {"key": "campaigns_analysed", "label": "Campaigns analysed", "kpi": True},
+            {"key": "incremental_revenue", "label": f"Incremental revenue{cur}", "kpi": True,
+             "better": "higher"},
+            {"key": "roi_overall", "label": "Overall ROI (campaigns with a control group)",
+             "fmt": "{:.0%}", "kpi": True, "better": "higher"},
+            {"key": "share_significant_positive",
+             "label": "Campaigns with a significant positive effect", "fmt": "{:.0%}",
+             "kpi": True, "better": "higher"},
+            {"key": "campaigns_with_warnings", "label": "Campaigns with warnings", "kpi": True,
+             "better": "lower"},
+        ]
+        shown = {c["key"] for c in cards}
+        for c in cards:
+            c["value"] = m[c["key"]]
+        cards += [{"key": k, "value": v} for k, v in m.items() if k not in shown]
+        return cards
 
     def results_table(self) -> pd.DataFrame:
-        return results_table(self.comparison)
+        return results_table(self.comparison) if len(self.comparison) else pd.DataFrame(
+            columns=["campaign_id", "metric", "treatment", "control", "uplift", "ci_low",
+                     "ci_high", "p_value", "p_adjusted"])
 
     def uplift_summary(self) -> pd.DataFrame:
         return uplift_summary(self.uplift)
 
-    def uplift_targets(self, data, *, as_of=None, top_share: float | None = None) -> pd.DataFrame:
+    def uplift_targets(self, data, *, as_of=None, top_share: float | None = None,
+                       only_better_than_random: bool = True) -> pd.DataFrame:
         """The export ``uplift_targets.csv`` for this analysis: every customer
-        of ``data`` scored by each fitted model, with features measured as
-        of ``as_of`` (default: the analysis' as_of, else the latest order)
-        exactly as they were for the contacts. See :func:`uplift_targets`."""
+        of ``data`` scored by the fitted models (by default only those that
+        beat random targeting), with features measured as of ``as_of``
+        (default: the analysis' as_of, else the latest order) exactly as they
+        were for the contacts. See :func:`uplift_targets`."""
         from crmlab.engine import latest_order_date
 
-        if not any(r.fitted for r in self.uplift.values()):
+        usable = [r for r in self.uplift.values()
+                  if r.fitted and (r.better_than_random or not only_better_than_random)]
+        if not usable:
             return uplift_targets({}, pd.DataFrame())
-        orders = data.table("orders")
+        orders = paid_orders(data.table("orders"), paid_statuses=self.params.get("paid_statuses"))
         when = as_of or self.params.get("as_of") or latest_order_date(orders)
         feats = customer_features(
             orders, data.table("customers") if data.has("customers") else None, as_of=when,
             order_lines=(data.table("order_lines")
                          if self.params.get("order_lines") and data.has("order_lines") else None),
             pre_days=self.params["pre_days"]).to_pandas()
-        return uplift_targets(self.uplift, feats, top_share=top_share)
+        return uplift_targets(self.uplift, feats, top_share=top_share,
+                              only_better_than_random=only_better_than_random)
 
     def quasi_table(self) -> pd.DataFrame:
         """The quasi-experimental estimates in one frame (one row per
@@ -2022,89 +2400,134 @@ class CampaignAnalysis:
         lead = ["campaign_id", "design", "outcome"]
         return df[lead + [c for c in df.columns if c not in lead]]
 
-    def findings(self, *, currency: str = "") -> list[str]:
-        return findings(self, currency=currency)
+    def findings(self, *, currency: str | None = None) -> list[str]:
+        return findings(self, currency=self.currency if currency is None else currency)
 
-    def section_text(self, *, currency: str = "") -> dict[str, str]:
-        return section_text(self, currency=currency)
+    def section_text(self, *, currency: str | None = None) -> dict[str, str]:
+        return section_text(self, currency=self.currency if currency is None else currency)
+
+
+class _Clock:
+    """Wall and CPU seconds per step of :func:`analyse` (``analysis.timings``)."""
+
+    def __init__(self):
+        import time
+
+        self._time = time
+        self.steps: dict[str, dict[str, float]] = {}
+        self._mark = (time.perf_counter(), time.process_time())
+
+    def lap(self, step: str) -> None:
+        wall, cpu = self._time.perf_counter(), self._time.process_time()
+        prev = self.steps.setdefault(step, {"wall": 0.0, "cpu": 0.0})
+        prev["wall"] += wall - self._mark[0]
+        prev["cpu"] += cpu - self._mark[1]
+        self._mark = (wall, cpu)
 
 
 def _name(analysis: CampaignAnalysis, cid) -> str:
-    info = analysis.campaigns.set_index("campaign_id")
-    if cid in info.index and isinstance(info.at[cid, "name"], str) and info.at[cid, "name"]:
-        return f"{cid} ({info.at[cid, 'name']})"
-    return str(cid)
+    name = analysis.names.get(cid)
+    return f"{cid} ({name})" if name else str(cid)
+
+
+def _short(analysis: CampaignAnalysis, cid, width: int = 28) -> str:
+    """A campaign's label for a chart axis: ``CMP-001 Spring welcome offer``,
+    the name cut to ``width`` characters."""
+    name = analysis.names.get(cid)
+    if not name:
+        return str(cid)
+    name = name if len(name) <= width else name[:width - 1] + "…"
+    return f"{cid} {name}"
 
 
 def findings(analysis: CampaignAnalysis, *, currency: str = "") -> list[str]:
     """Three to five plain sentences with numbers, written from the results:
-    how many campaigns worked, the best and the worst, money, checks and
-    targeting."""
+    how many campaigns worked (and which hurt), the strongest, money, the
+    checks and the targeting."""
     a = analysis
     out: list[str] = []
-    conv = a.comparison[a.comparison.metric == "conversion"]
+    conv = a.comparison[a.comparison.metric == "conversion"] if len(a.comparison) else a.comparison
     corr = a.params.get("correction", "holm")
     if len(conv):
-        up = conv[conv.significant & (conv.uplift > 0)]
-        down = conv[conv.significant & (conv.uplift < 0)]
+        up = conv[conv.significant.astype(bool) & (conv.uplift > 0)]
+        down = conv[conv.significant.astype(bool) & (conv.uplift < 0)]
+        hurt = ""
+        if len(down):
+            w = down.sort_values("uplift").iloc[0]
+            hurt = (f" - {_name(a, w.campaign_id)} cut conversion by "
+                    f"{_fmt_pts(-w.uplift, 1)[1:]} (95% interval "
+                    f"{_fmt_pts_range(w.ci_low, w.ci_high)}): stop or rework it -")
         out.append(
             f"{len(up)} of {len(conv)} campaigns with a control group raised conversion by more "
-            f"than chance would explain ({CORRECTIONS[corr]['name']} correction across campaigns "
-            f"and metrics), "
-            f"{len(down)} lowered it and {len(conv) - len(up) - len(down)} showed no clear effect.")
-        best = conv.sort_values("uplift", ascending=False).iloc[0]
+            f"than chance explains ({CORRECTIONS[corr]['name']} correction across campaigns and "
+            f"metrics), {len(down)} lowered it{hurt} and {len(conv) - len(up) - len(down)} showed "
+            f"no clear effect.")
+        # the strongest result: the largest rise that survives the correction, else the
+        # largest rise, marked as a lead
+        ranked = pd.concat([up.sort_values("uplift", ascending=False),
+                            conv.sort_values("uplift", ascending=False)])
+        best = ranked.iloc[0]
         if best.uplift > 0:
-            inc = a.impact.set_index("campaign_id")
+            inc = a.impact.set_index("campaign_id") if len(a.impact) else pd.DataFrame()
             extra = ""
             if best.campaign_id in inc.index and np.isfinite(inc.at[best.campaign_id,
                                                                     "incremental_conversions"]):
                 extra = (f", about {inc.at[best.campaign_id, 'incremental_conversions']:,.0f} "
                          f"extra conversions")
             caveat = ("" if best.significant else
-                      " - not significant after the correction, so treat it as a lead, not a "
-                      "result")
+                      " - not significant after the correction, so a lead, not a result")
             out.append(
                 f"The strongest was {_name(a, best.campaign_id)}: conversion "
-                f"{_fmt_pct(best.treatment, 2)} against {_fmt_pct(best.control, 2)} in control, "
-                f"{_fmt_pts(best.uplift)} (95% interval {_fmt_pts(best.ci_low)} to "
-                f"{_fmt_pts(best.ci_high)}){extra}{caveat}.")
-        if len(down):
-            w = down.sort_values("uplift").iloc[0]
-            out.append(
-                f"{_name(a, w.campaign_id)} hurt: conversion fell by {_fmt_pts(-w.uplift)[1:]} "
-                f"against its control group (95% interval {_fmt_pts(w.ci_low)} to "
-                f"{_fmt_pts(w.ci_high)}); stop or rework it.")
+                f"{_fmt_pct(best.treatment, 1)} against {_fmt_pct(best.control, 1)} in its control "
+                f"group, {_fmt_pts(best.uplift, 1)} (95% interval "
+                f"{_fmt_pts_range(best.ci_low, best.ci_high)}){extra}{caveat}.")
+    t = a.totals()
     imp = a.impact[a.impact["roi"].notna()] if len(a.impact) else a.impact
-    if len(imp):
+    if len(imp) and t["roi_overall"] is not None:
         pay = imp[imp.roi > 0]
+        sure = imp[imp.roi_ci_low > 0]
         out.append(
-            f"At a {a.params.get('margin', 0.3):.0%} margin, {len(pay)} of {len(imp)} campaigns "
-            f"paid back their cost; together they added {_fmt_money(imp.incremental_revenue.sum(), currency)} "
-            f"of revenue for {_fmt_money(imp.cost.sum(), currency)} spent.")
-    srm_bad = list(a.srm.loc[a.srm["mismatch"], "campaign_id"]) if len(a.srm) else []
+            f"At a {a.params.get('margin', 0.3):.0%} margin the {len(imp)} campaigns with a control "
+            f"group {'added' if t['incremental_revenue'] >= 0 else 'lost'} "
+            f"{_fmt_money(abs(t['incremental_revenue']), currency)} of revenue for "
+            f"{_fmt_money(t['cost_with_control'], currency)} spent (overall ROI "
+            f"{t['roi_overall']:+.0%}); {len(pay)} paid back their cost, {len(sure)} of them with "
+            f"the whole 95% interval above break-even.")
+    srm_bad = list(a.srm.loc[a.srm["mismatch"].astype(bool), "campaign_id"]) if len(a.srm) else []
     bal = a.balance
     broken = sorted(set(bal.loc[bal["beyond_chance"].astype(bool), "campaign_id"])) if len(bal) else []
     unlucky = (sorted(set(bal.loc[bal["imbalanced"].astype(bool), "campaign_id"]) - set(broken))
                if len(bal) else [])
     if srm_bad or broken:
-        bad = sorted(set(srm_bad) | set(broken), key=str)
-        out.append(f"Do not rely on {', '.join(map(str, bad))}: "
-                   + ("the treatment share differs from the plan" if srm_bad else "")
-                   + (" and " if srm_bad and broken else "")
-                   + ("treatment and control differed before the campaign by more than chance"
-                      if broken else "")
-                   + "; see the checks section.")
+        parts = []
+        if srm_bad:
+            parts.append(f"{', '.join(_name(a, c) for c in sorted(srm_bad, key=str))}: the "
+                         f"treatment share differs from the plan")
+        if broken:
+            parts.append(f"{', '.join(_name(a, c) for c in broken)}: treatment and control "
+                         f"differed before the campaign by more than chance")
+        out.append("Do not rely on these results yet (see the checks section) - "
+                   + "; ".join(parts) + ".")
     elif unlucky:
         out.append(f"{len(unlucky)} campaign(s) had treatment and control groups that differed "
                    f"somewhat before the campaign, within what chance produces; their results "
                    f"are fair on average but less certain than the intervals suggest.")
-    good = [r for r in a.uplift.values() if r.fitted and np.isfinite(r.qini)
-            and r.qini > 0 and r.qini_p_value < 0.05]
-    if good and len(out) < 5:
-        r = max(good, key=lambda r: r.qini)
-        out.append(f"Targeting by the uplift model of {_name(a, r.campaign_id)} beats random "
-                   f"selection on held-out customers (Qini coefficient {r.qini:.2f}, "
-                   f"{_fmt_p(r.qini_p_value)}).")
+    r = a.featured
+    if r is not None and r.better_than_random:
+        top = r.segments.iloc[: max(1, len(r.segments) // 5)]
+        nt, nc = top.n_treatment.sum(), top.n_control.sum()
+        lift = ((top.conversion_treatment * top.n_treatment).sum() / nt
+                - (top.conversion_control * top.n_control).sum() / nc) if nt and nc else np.nan
+        overall = (r.curve.conversions_treatment.iloc[-1] / r.curve.n_treatment.iloc[-1]
+                   - r.curve.conversions_control.iloc[-1] / r.curve.n_control.iloc[-1])
+        out.append(
+            f"To repeat {_name(a, r.campaign_id)}, target by its uplift model: on customers it "
+            f"never saw, the top fifth it picks responded with {_fmt_pts(lift, 1)} against "
+            f"{_fmt_pts(overall, 1)} on average (Qini coefficient {r.qini:.2f}, better than random "
+            f"with {_fmt_p(r.qini_p_value)}); the list is in uplift_targets.csv.")
+    elif a.uplift and any(x.fitted for x in a.uplift.values()):
+        out.append("No uplift model beats random targeting yet, so choose the next audience by "
+                   "the campaign results rather than by model scores.")
     if not out:
         out.append("No campaign has both contacts and a control group to evaluate yet.")
     return out[:5]
@@ -2112,65 +2535,123 @@ def findings(analysis: CampaignAnalysis, *, currency: str = "") -> list[str]:
 
 def section_text(analysis: CampaignAnalysis, *, currency: str = "") -> dict[str, str]:
     """One paragraph per section saying what the numbers mean and what to
-    do: keys ``funnel, comparison, impact, checks, quasi, power, uplift``.
-    A section without the data it needs gets its "not available" note."""
+    do: keys of ``SECTIONS`` plus ``srm`` (the sample-ratio table) and
+    ``profile`` (who the uplift model picks; "" when there is none). A
+    section the data cannot support gets what it needs."""
     a = analysis
     p = a.params
     text: dict[str, str] = {}
+    missing = {k: "Not available: needs " + ", ".join(v) + "." for k, v in a.needs.items()}
     f = a.funnel
     if len(f) and f["converted_rate"].notna().any():
         best = f.sort_values("converted_rate", ascending=False).iloc[0]
         worst = f.sort_values("converted_rate").iloc[0]
         cpc = f["cost_per_conversion"]
         text["funnel"] = (
-            f"Among contacted customers, conversion ranged from {_fmt_pct(worst.converted_rate, 2)} "
-            f"({_name(a, worst.campaign_id)}) to {_fmt_pct(best.converted_rate, 2)} "
-            f"({_name(a, best.campaign_id)}). "
-            + (f"Cost per conversion ranged from {_fmt_money(cpc.min(), currency)} to "
+            f"Among the customers who received a campaign, conversion ranged from "
+            f"{_fmt_pct(worst.converted_rate, 1)} for {_name(a, worst.campaign_id)} to "
+            f"{_fmt_pct(best.converted_rate, 1)} for {_name(a, best.campaign_id)}. "
+            + (f"A conversion cost from {_fmt_money(cpc.min(), currency)} to "
                f"{_fmt_money(cpc.max(), currency)}. " if cpc.notna().any() else "")
-            + "The stage where the largest share is lost is where to work first (delivery "
-              "problems are fixed by list hygiene, opening by subject lines and timing, clicks "
-              "by the offer). Conversion among contacts is not the campaign's effect: customers "
-              "who would have bought anyway are counted too - the next section separates them.")
-    else:
-        text["funnel"] = a.notes.get("funnel", "Not available: needs campaign_contacts.converted.")
-    conv = a.comparison[a.comparison.metric == "conversion"]
+            + "Conversion among contacts is not the campaign's effect: customers who would have "
+              "bought anyway are counted too - the next sections separate them.")
+    elif len(f):
+        text["funnel"] = ("The contacts record no conversions, so the funnel stops at the stages "
+                          "that are recorded.")
+    ch = a.channels
+    if len(ch):
+        stages = [s for s in FUNNEL_STAGES[1:] if ch[f"{s}_rate"].notna().any()]
+        worst_step = {}
+        for _, r in ch.iterrows():
+            prev, prev_rate = "contacted", 1.0
+            for s in stages:
+                rate = r[f"{s}_rate"]
+                if pd.notna(rate):
+                    worst_step.setdefault(r.channel, []).append(
+                        (rate / prev_rate if prev_rate else np.nan, prev, s))
+                    prev, prev_rate = s, rate
+        parts = []
+        for chan, steps in worst_step.items():
+            k = min(steps, key=lambda x: x[0] if np.isfinite(x[0]) else 2)
+            parts.append(f"{str(chan).replace('_', ' ')}: {_fmt_pct(k[0], 0)} get from {k[1]} "
+                         f"to {k[2]}")
+        text["channels"] = (
+            "The largest loss per channel - " + "; ".join(parts) + ". Work on that stage first: "
+            "delivery by list hygiene, opening by subject line and timing, clicks by the offer. "
+            "Cost per conversion compares channels on what they cost, not on their effect.")
+    conv = a.comparison[a.comparison.metric == "conversion"] if len(a.comparison) else a.comparison
     if len(conv):
+        n_up = int((conv.significant.astype(bool) & (conv.uplift > 0)).sum())
+        n_down = int((conv.significant.astype(bool) & (conv.uplift < 0)).sum())
         text["comparison"] = (
-            f"Each campaign's treatment group is compared with its control group, who were left "
-            f"out at random. Intervals are 95%; p-values are adjusted with "
-            f"{CORRECTIONS[p['correction']]['text']}. "
-            f"{int((conv.significant & (conv.uplift > 0)).sum())} of {len(conv)} campaigns show a "
-            f"conversion uplift that survives the correction and "
-            f"{int((conv.significant & (conv.uplift < 0)).sum())} a loss. A campaign without "
-            f"a significant result is not proven useless - it may be too small to tell (see "
-            f"Power) - but its budget needs another justification.")
-    else:
-        text["comparison"] = a.notes.get("comparison", "Not available: needs campaigns with a "
-                                                       "control group.")
+            f"Each campaign's treatment group is compared with its control group, customers left "
+            f"out at random. Bars are 95% intervals of the rise in conversion; p-values are "
+            f"adjusted with {CORRECTIONS[p['correction']]['text']}. {n_up} of {len(conv)} "
+            f"campaigns show a rise that survives the correction and {n_down} a fall. A campaign "
+            f"without a significant result is not proven useless - it may have been too small to "
+            f"tell (see Power) - but its budget needs another justification.")
+    rev = a.comparison[a.comparison.metric == "revenue_per_contact"] if len(a.comparison) \
+        else a.comparison
+    if len(rev):
+        pos = rev[rev.ci_low > 0]
+        neg = rev[rev.ci_high < 0]
+        text["revenue"] = (
+            f"Revenue per contact counts every contact, buyers and non-buyers, so a few large "
+            f"orders move it a lot. The intervals are bootstrap intervals, which do not assume "
+            f"a bell curve; the p-values come from Welch's t test. {len(pos)} of {len(rev)} "
+            f"campaigns raised revenue per contact with the whole interval above zero"
+            + (f" and {len(neg)} lowered it" if len(neg) else "") + ".")
     imp = a.impact[a.impact["roi"].notna()] if len(a.impact) else a.impact
     if len(imp):
         sure = imp[imp.roi_ci_low > 0]
+        loss = imp[imp.roi_ci_high < 0]
         text["impact"] = (
-            f"Incremental revenue is what the treatment group bought beyond what the control "
-            f"group suggests it would have bought anyway. At a {p['margin']:.0%} margin, "
-            f"{len(imp[imp.roi > 0])} of {len(imp)} campaigns returned more than they cost, and "
-            f"{len(sure)} did so with the whole 95% interval above break-even. Fund those "
-            f"again; for the others, cut cost per contact or target better (see Uplift).")
-    else:
-        text["impact"] = a.notes.get("impact", "Not available: needs campaign costs, revenue and "
-                                               "a control group.")
+            f"Incremental revenue is what the treatment group bought beyond what its control "
+            f"group shows it would have bought anyway. At a {p['margin']:.0%} margin, "
+            f"{len(imp[imp.roi > 0])} of {len(imp)} campaigns returned more than they cost, "
+            f"{len(sure)} with the whole 95% interval above break-even"
+            + (f", and {len(loss)} lost money for sure" if len(loss) else "")
+            + ". Fund the sure ones again; for the others, cut the cost per contact or target "
+              "better (see the uplift model).")
+    elif len(a.impact):
+        text["impact"] = ("Incremental conversions are estimated, but the campaigns carry no cost, "
+                          "so their return on investment cannot be computed.")
+    unlucky = a.chance_imbalanced()
+    lucky_note = (
+        f" {len(unlucky)} campaign(s) ({', '.join(map(str, unlucky))}) had treatment and control "
+        f"groups that differed before the campaign by more than {CHECKS['smd_threshold']:g} "
+        f"standard deviations on some measure, within what a random split of groups that size "
+        f"produces: their results are fair on average, but read their intervals rather than "
+        f"their point estimates." if unlucky else "")
     if a.warnings:
-        text["checks"] = ("Warning: " + " ".join(a.warnings))
+        text["checks"] = ("Warning: " + " ".join(a.warnings) + lucky_note)
     elif len(a.srm):
         text["checks"] = (
             f"Every campaign passed the sample-ratio check (chi-square against the planned split, "
-            f"threshold {CHECKS['srm_alpha']:g}) and, where purchase history exists, the balance "
-            f"check of pre-campaign behaviour (|SMD| at most {CHECKS['smd_threshold']:g}). The "
-            f"treatment-control comparisons can be read at face value.")
-    else:
-        text["checks"] = a.notes.get("checks", "Not available: needs campaigns with a control "
-                                               "group.")
+            f"threshold {CHECKS['srm_alpha']:g})"
+            + (" and no split was unbalanced beyond chance before the campaign"
+               if len(a.balance) else "")
+            + ". The treatment-control comparisons can be read at face value." + lucky_note)
+    if "checks" in a.notes and "checks" in text:
+        text["checks"] += " " + a.notes["checks"]
+    if len(a.srm):
+        mism = a.srm[a.srm["mismatch"].astype(bool)]
+        assumed = int(a.srm["planned_share_assumed"].astype(bool).sum())
+        text["srm"] = (
+            f"The share of each campaign's contacts in the treatment group against the planned "
+            f"share: {len(a.srm) - len(mism)} of {len(a.srm)} campaigns are as planned"
+            + (f", {len(mism)} {'is' if len(mism) == 1 else 'are'} not" if len(mism) else "")
+            + "." + (f" {assumed} campaign(s) state no planned share; 50% is assumed."
+                     if assumed else ""))
+    r = a.featured
+    if r is not None and len(r.profile):
+        best_row = r.profile.iloc[0]
+        text["profile"] = (
+            f"What the held-out customers of {_name(a, r.campaign_id)} looked like before the "
+            f"campaign, by the verdict on their fifth (averages). "
+            + ("Reach customers like those where it helps first" if best_row.verdict == "helps"
+               else "No fifth shows a clear effect yet")
+            + ("; leave out those where it hurts." if (r.profile.verdict == "hurts").any() else "."))
     if a.quasi:
         parts = []
         for q in a.quasi:
@@ -2182,7 +2663,8 @@ def section_text(analysis: CampaignAnalysis, *, currency: str = "") -> dict[str,
                 parts.append(
                     f"{_name(a, q['campaign_id'])}: {row.effect:+.3f} orders per contacted "
                     f"customer over {q['window_days']} days (95% interval {row.ci_low:+.3f} to "
-                    f"{row.ci_high:+.3f}); the placebo check gives {row.placebo:+.3f}: "
+                    f"{row.ci_high:+.3f}), about {row.incremental_total:+,.0f} orders in all; the "
+                    f"placebo check gives {row.placebo:+.3f}: "
                     f"{TREND_VERDICTS[row.parallel_trends]}, so parallel trends are "
                     f"{row.parallel_trends}.")
             else:
@@ -2192,152 +2674,892 @@ def section_text(analysis: CampaignAnalysis, *, currency: str = "") -> dict[str,
                     f"{row.incremental_ci_low:+,.0f} to {row.incremental_ci_high:+,.0f}).")
         text["quasi"] = (
             "These campaigns had no control group, so their effect is estimated, not measured. "
-            + " ".join(parts) + " "
+            + " ".join(parts) + " Assumptions: "
             + " ".join(QUASI_DESIGNS[d]["assumption"]
                        for d in dict.fromkeys(q["design"] for q in a.quasi if "design" in q))
             + " Give the next campaign a random control group to measure it properly.")
-    else:
-        text["quasi"] = a.notes.get("quasi", "Every campaign had a control group.")
+    elif "quasi" not in a.needs:
+        text["quasi"] = "Every campaign had a control group, so no estimate without one was needed."
     pw = a.power
     if len(pw):
-        under = pw[~pw.powered]
+        under = pw[~pw.powered.astype(bool)]
+        target = p["target_uplift"]
+        need = pw["n_needed_treatment"].dropna()
         text["power"] = (
-            f"The minimum detectable effect is the smallest conversion uplift each campaign "
-            f"could reliably detect (power {p['power']:.0%}, alpha {p['alpha']:g}): from "
-            f"{_fmt_pts(pw.mde.min())} to {_fmt_pts(pw.mde.max())}. {len(under)} of {len(pw)} "
-            f"campaigns were too small to detect a {p['target_uplift']:.0%} relative uplift; the "
-            f"table gives the group sizes needed. Size the next test before launching it.")
-    else:
-        text["power"] = a.notes.get("power", "Not available: needs campaigns with a control group.")
+            f"The minimum detectable effect is the smallest rise in conversion each campaign could "
+            f"reliably detect (power {p['power']:.0%}, alpha {p['alpha']:g}): from "
+            f"{_fmt_pts(pw.mde.min(), 1)} to {_fmt_pts(pw.mde.max(), 1)}. {len(under)} of {len(pw)} "
+            f"campaigns were too small to detect a rise of {_fmt_pts(target, 1)}"
+            + (f"; at their baselines that takes {need.min():,.0f} to {need.max():,.0f} customers "
+               f"in the treatment group" if len(need) else "")
+            + ". Size the next test before launching it.")
     fitted = [r for r in a.uplift.values() if r.fitted]
     if fitted:
-        good = [r for r in fitted if r.qini > 0 and r.qini_p_value < 0.05]
-        helps = sum(int((r.segments.verdict == "helps").sum()) for r in fitted)
-        hurts = sum(int((r.segments.verdict == "hurts").sum()) for r in fitted)
+        good = [r for r in fitted if r.better_than_random]
+        r = a.featured
+        helps = r.segments[r.segments.verdict == "helps"]
+        hurts = r.segments[r.segments.verdict == "hurts"]
+        scope = a.notes.get("uplift_scope", "")
         text["uplift"] = (
             f"An uplift model predicts who buys because of the campaign, not who buys anyway. "
-            f"Judged on held-out customers, {len(good)} of {len(fitted)} models rank customers "
-            f"better than random (Qini coefficient above zero, permutation p < 0.05). Across the "
-            f"segments of predicted uplift, {helps} show a clear positive effect and {hurts} a "
-            f"clear negative one. "
-            + ("Target the next campaign at the customers with the highest scores in "
-               "uplift_targets.csv" if good else
+            f"{scope + ' ' if scope else ''}Judged on customers it never saw, {len(good)} of "
+            f"{len(fitted)} models rank customers better than random (Qini coefficient above "
+            f"zero, randomisation p < 0.05). "
+            + (f"For {_name(a, r.campaign_id)}, the customers in {len(helps)} of the "
+               f"{len(r.segments)} fifths by predicted uplift respond clearly to it"
+               + (f" and {len(hurts)} fifth(s) buy less when contacted - leave those out" if len(hurts)
+                  else "")
+               + ". uplift_targets.csv scores every customer for that campaign; contact the "
+                 "highest scores first." if good else
                "No model is yet better than random targeting, so keep targeting broadly and "
-               "keep a control group to learn from")
-            + (" and leave out the segments where it hurts." if hurts else "."))
-    else:
-        text["uplift"] = a.notes.get("uplift", "Not available: needs a randomised campaign with "
-                                               "enough conversions in both groups.")
+               "keep a control group to learn from."))
+    elif a.uplift:
+        text["uplift"] = ("No campaign had enough conversions in both groups to learn from: "
+                          + "; ".join(f"{cid}: {r.note}" for cid, r in a.uplift.items()) + ".")
+    for key in SECTIONS:
+        if key not in text:
+            text[key] = missing.get(key, a.notes.get(key, "Nothing to show."))
+    for key in ("srm", "profile"):
+        text.setdefault(key, "")
     return text
 
 
 def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
             alpha: float = 0.05, correction: str = "holm", power: float = 0.8,
-            target_uplift: float = 0.10, n_boot: int = 2000, pre_days: int = 365,
-            control_from: Mapping | None = None, quasi: bool = True, uplift: bool = True,
-            uplift_method: str = "t_learner", max_uplift_rows: int = 100_000,
-            max_uplift_models: int | None = 12, n_permutations: int = 200,
+            target_uplift: float = 0.02, relative_target: bool = False, n_boot: int = 2000,
+            pre_days: int = 365, control_from: Mapping | None = None, quasi: bool = True,
+            uplift: bool = True, uplift_method: str = "t_learner",
+            uplift_campaigns: Sequence | str | None = None, max_uplift_rows: int = 100_000,
+            max_check_rows: int | None = 20_000,
+            max_uplift_models: int | None = 3, n_permutations: int = 200,
+            paid_statuses: Sequence[str] | None = PAID_STATUSES,
             seed: int = DEFAULT_SEED) -> CampaignAnalysis:
     """Run every section of the campaigns report on a ``Dataset``.
 
     Parameters
     ----------
     data : crmlab.sources.Dataset
-        Needs ``campaign_contacts``; ``campaigns``, ``orders`` and
-        ``customers`` enable cost, checks, quasi-experiments and uplift.
+        Needs ``campaign_contacts`` (else every section is "not available");
+        ``campaigns`` (dates, costs, planned shares), ``orders``,
+        ``customers`` and ``order_lines`` enable cost, checks,
+        quasi-experiments and uplift.
     as_of : date, optional
-        Campaigns starting after it are left out.
-    margin, alpha, correction, power, target_uplift, n_boot, pre_days,
-    control_from, uplift_method, max_uplift_rows, n_permutations, seed
+        Campaigns starting after it are left out; orders after it are not
+        used.
+    margin, alpha, correction, power, n_boot, pre_days, control_from,
+    uplift_method, max_uplift_rows, n_permutations, seed
         See the section functions.
+    target_uplift, relative_target
+        The rise in conversion the power section plans for: absolute points
+        (0.02), or a share of the baseline with ``relative_target=True``.
+    uplift_campaigns : sequence or str, optional
+        The campaigns to fit uplift models for (one id as a string; "" =
+        the default). Default: the ``max_uplift_models`` largest randomised
+        campaigns that pass the checks (:func:`uplift_candidates`: an uplift
+        model needs many contacts; a campaign with a broken split teaches a
+        wrong lesson).
+    max_check_rows : int, optional
+        The balance check compares at most about this many contacts per
+        campaign (a deterministic hash sample, :func:`sample_contacts`): a
+        standardised difference is precise to about 0.015 from 20,000
+        contacts split evenly, and the join with the orders grows with
+        every one.
     max_uplift_models : int, optional
-        Fit uplift models for at most this many randomised campaigns, the
-        most recent first (``None``: all). Each model costs seconds; the
-        next campaign is best targeted from the recent ones.
+        At most this many uplift models (None: one per sound randomised
+        campaign; 0: none). Each costs about a second at 10,000 contacts;
+        ``max_uplift_rows`` caps the contacts one model learns from.
+    paid_statuses : sequence of str, optional
+        Order statuses that count as purchases (see :func:`paid_orders`);
+        None counts every order.
     quasi, uplift : bool
         Run the slower sections.
 
     Returns
     -------
     CampaignAnalysis
+        With ``needs`` naming what the data lacks for each section it
+        cannot support (no campaign contacts at all: every section), and
+        ``timings`` (wall and CPU seconds per step).
+
+    Examples
+    --------
+    >>> a = analyse(open_source("synthetic:demo"))                  # doctest: +SKIP
+    >>> a.metrics()["campaigns"]["CMP-014"]["uplift_conversion"]    # doctest: +SKIP
+    0.036
     """
-    if correction not in CORRECTIONS:
-        raise ParameterError(f"unknown correction {correction!r}; known: {', '.join(CORRECTIONS)}")
-    if not data.has("campaign_contacts"):
-        raise DataContractError("the campaigns report needs campaign contacts",
-                                table="campaign_contacts", check="present")
+    check_parameters(margin=margin, alpha=alpha, correction=correction, power=power,
+                     target_uplift=target_uplift if not relative_target else 0.5,
+                     n_boot=n_boot, pre_days=pre_days, seed=seed)
+    if isinstance(uplift_campaigns, str):
+        uplift_campaigns = [uplift_campaigns] if uplift_campaigns.strip() else None
+    params = {"as_of": str(as_of)[:10] if as_of not in (None, "") else None, "margin": margin,
+              "alpha": alpha, "correction": correction, "power": power,
+              "target_uplift": target_uplift, "relative_target": relative_target,
+              "n_boot": n_boot, "pre_days": pre_days, "seed": seed,
+              "control_from": dict(control_from or {}), "order_lines": False,
+              "paid_statuses": None if paid_statuses is None else list(paid_statuses)}
+    currency = str((getattr(data, "world", None) or {}).get("currency") or "")
+    clock = _Clock()
+    notes: dict[str, str] = {}
+    needs: dict[str, list[str]] = {}
+    contacts_ok = data.has("campaign_contacts") and all(
+        data.has("campaign_contacts", c) for c in ("campaign_id", "customer_id", "group"))
+    if not contacts_ok:
+        return _empty_analysis(params, currency)
     contacts = data.table("campaign_contacts")
     camp_t = data.table("campaigns") if data.has("campaigns") else None
     orders = data.table("orders") if data.has("orders") else None
+    if orders is not None:
+        orders = paid_orders(orders, paid_statuses=paid_statuses)
+        if params["as_of"]:
+            cutoff = pd.Timestamp(params["as_of"]) + pd.Timedelta(days=1)
+            orders = orders.filter(orders["order_date"] < cutoff.to_pydatetime())
     customers = data.table("customers") if data.has("customers") else None
     lines = data.table("order_lines") if data.has("order_lines") else None
     info = campaign_info(camp_t)
-    notes: dict[str, str] = {}
+    has_start = camp_t is not None and "start_date" in camp_t.columns
     ids = None
-    if as_of not in (None, "") and len(info):
-        cutoff = pd.Timestamp(as_of) + pd.Timedelta(days=1)
+    if params["as_of"] and len(info):
+        cutoff = pd.Timestamp(params["as_of"]) + pd.Timedelta(days=1)
         info = info[info.start_date.isna() | (info.start_date < cutoff)]
         ids = list(info.campaign_id)
     agg = contact_aggregates(contacts, campaign_ids=ids)
     if agg.empty:
         raise NoDataError("table campaign_contacts has no rows for the campaigns up to as_of")
     rev = revenue_values(contacts, campaign_ids=ids)
+    clock.lap("aggregates")
     fun = funnel(agg, info, alpha=alpha)
     chan = channel_summary(agg, info, alpha=alpha)
     comp = compare_groups(agg, rev, control_from=control_from, alpha=alpha, correction=correction,
                           n_boot=n_boot, seed=seed)
-    imp = impact(comp, fun, margin=margin) if len(comp) else pd.DataFrame(
-        columns=["campaign_id", "incremental_revenue", "roi", "cost", "incremental_conversions"])
-    srm = sample_ratio_check(agg, info, control_from=control_from)
+    clock.lap("funnel and comparison")
+    has_conv = data.has("campaign_contacts", "converted")
+    has_rev = data.has("campaign_contacts", "revenue")
+    has_cost = camp_t is not None and (fun["cost"].notna().any() if len(fun) else False)
     with_control = list(comp.campaign_id.unique())
-    if not with_control:
-        notes["comparison"] = "Not available: no campaign has a control group."
+    no_ctrl = ["campaign_contacts.group (control rows)"]
+    if not (agg["group"] == "control").any():
+        for k in ("comparison", "revenue", "impact", "power", "uplift"):
+            needs[k] = list(no_ctrl)
+    if not has_conv:
+        for k in ("comparison", "power", "uplift"):
+            needs.setdefault(k, []).append("campaign_contacts.converted")
+    if not has_rev:
+        needs.setdefault("revenue", []).append("campaign_contacts.revenue")
+    if not has_rev or not has_cost:
+        needs.setdefault("impact", []).extend(
+            (["campaign_contacts.revenue"] if not has_rev else [])
+            + ([] if has_cost else ["campaigns.cost or campaigns.cost_per_contact"]))
+    imp = impact(comp, fun, margin=margin) if len(comp) else pd.DataFrame(
+        columns=["campaign_id", "incremental_revenue", "roi", "cost", "incremental_conversions",
+                 "roi_ci_low", "roi_ci_high"])
+    srm = sample_ratio_check(agg, info, control_from=control_from)
+    if not len(srm):
+        needs["checks"] = list(no_ctrl)
     balance = pd.DataFrame(columns=["campaign_id", "covariate", "label", "mean_treatment",
-                                    "mean_control", "smd", "p_value", "imbalanced",
+                                    "mean_control", "smd", "p_value", "p_adjusted", "imbalanced",
                                     "beyond_chance"])
-    feats = None
-    if orders is not None and camp_t is not None and with_control:
-        needed = sorted(set(with_control) | set(dict(control_from or {}).values()))
-        feats = contact_features(contacts, camp_t, orders, customers, pre_days=pre_days,
-                                 campaign_ids=needed)
+    if orders is not None and has_start and with_control:
+        needed = sorted(set(with_control) | set(dict(control_from or {}).values()), key=str)
+        sizes = agg.groupby("campaign_id")["contacts"].sum().to_dict()
+        feats = contact_features(sample_contacts(contacts, sizes, max_check_rows), camp_t, orders,
+                                 customers, pre_days=pre_days, campaign_ids=needed)
         balance = balance_check(feats, control_from=control_from)
-        if uplift and lines is not None:
-            feats = contact_features(contacts, camp_t, orders, customers, order_lines=lines,
-                                     pre_days=pre_days, campaign_ids=needed)
-    else:
-        notes["checks"] = ("Balance check not available: needs orders and campaign start dates; "
-                           "the sample-ratio check ran where a control group exists.")
-    warns = check_warnings(srm, balance)
-    pw = power_table(comp, alpha=alpha, power=power, target_uplift=target_uplift)
+    elif with_control:
+        notes["checks"] = ("The balance check of pre-campaign behaviour needs orders and "
+                           "campaigns.start_date; only the sample-ratio check ran.")
+    warns = check_warnings(srm, balance, chance=False)
+    clock.lap("checks")
+    pw = power_table(comp, alpha=alpha, power=power, target_uplift=target_uplift,
+                     relative=relative_target)
+    clock.lap("impact and power")
     q_out = []
     no_control = [c for c in fun.campaign_id if c not in set(with_control)]
-    if quasi and no_control:
-        if orders is None:
-            notes["quasi"] = "Not available: needs orders."
-        for cid in no_control if orders is not None else []:
+    if no_control and (orders is None or not has_start):
+        needs["quasi"] = [x for x, ok in (("orders", orders is not None),
+                                          ("campaigns.start_date", has_start)) if not ok]
+    elif quasi and no_control:
+        last = None if params["as_of"] else orders["order_date"].max().execute()
+        n_cust = int(customers.count().execute()) if customers is not None else None
+        for cid in no_control:
             try:
-                q_out.append(quasi_experiment(cid, contacts, info, orders, customers, as_of=as_of,
-                                              pre_days=pre_days, alpha=alpha, seed=seed))
+                q_out.append(quasi_experiment(cid, contacts, info, orders, customers,
+                                              as_of=params["as_of"], pre_days=pre_days,
+                                              alpha=alpha, seed=seed, last_order=last,
+                                              n_customers=n_cust))
             except (NoDataError, DataContractError) as exc:
                 q_out.append({"campaign_id": cid, "error": str(exc)})
+    clock.lap("quasi-experiments")
     up: dict = {}
-    if uplift and feats is not None:
-        chosen = with_control
-        if max_uplift_models and len(chosen) > max_uplift_models:
-            recent = info.set_index("campaign_id")["start_date"].reindex(chosen)
-            chosen = list(recent.sort_values(ascending=False, na_position="last")
-                          .index[:max_uplift_models])
-            notes["uplift_scope"] = (f"Uplift models were fitted for the {max_uplift_models} most "
-                                     f"recent randomised campaigns of {len(with_control)}.")
-        frame = uplift_frame(feats, chosen, max_rows_per_campaign=max_uplift_rows)
-        up = fit_uplift(frame, campaign_ids=sorted(chosen, key=str), method=uplift_method,
-                        alpha=alpha, n_permutations=n_permutations, seed=seed)
-    elif uplift:
-        notes["uplift"] = "Not available: needs orders, campaign start dates and a control group."
-    params = {"as_of": str(as_of) if as_of else None, "margin": margin, "alpha": alpha,
-              "correction": correction, "power": power, "target_uplift": target_uplift,
-              "n_boot": n_boot, "pre_days": pre_days, "seed": seed,
-              "control_from": dict(control_from or {}),
-              "order_lines": bool(uplift and lines is not None)}
+    if uplift and "uplift" not in needs:
+        if orders is None or not has_start:
+            needs["uplift"] = [x for x, ok in (("orders", orders is not None),
+                                               ("campaigns.start_date", has_start)) if not ok]
+        else:
+            chosen, scope = uplift_candidates(comp, srm, balance, max_models=max_uplift_models,
+                                              campaigns=uplift_campaigns)
+            if scope:
+                notes["uplift_scope"] = scope
+            if chosen:
+                sizes = agg.groupby("campaign_id")["contacts"].sum().to_dict()
+                feats = contact_features(sample_contacts(contacts, sizes, max_uplift_rows), camp_t,
+                                         orders, customers, order_lines=lines, pre_days=pre_days,
+                                         campaign_ids=chosen)
+                params["order_lines"] = lines is not None
+                frame = uplift_frame(feats, chosen, max_rows_per_campaign=max_uplift_rows)
+                clock.lap("uplift features")
+                up = fit_uplift(frame, campaign_ids=chosen, method=uplift_method,
+                                alpha=alpha, n_permutations=n_permutations, seed=seed)
+                clock.lap("uplift models")
     return CampaignAnalysis(info, agg, fun, chan, comp, imp, srm, balance, pw, q_out, up, warns,
-                            notes, params)
+                            notes, params, needs, currency, clock.steps)
+
+
+def uplift_candidates(comparison: pd.DataFrame, srm: pd.DataFrame, balance: pd.DataFrame, *,
+                      max_models: int | None = 4, campaigns: Sequence | None = None
+                      ) -> tuple[list, str]:
+    """The randomised campaigns to learn uplift models from.
+
+    ``campaigns`` given: those of them with a control group (others are
+    refused with a ParameterError). Else the campaigns with a control group
+    that pass the sample-ratio check and show no imbalance beyond chance,
+    the largest first (an uplift model needs many contacts), at most
+    ``max_models`` (None: all; 0: none).
+
+    Returns
+    -------
+    (list, str)
+        The campaign ids, largest first, and a sentence for the page when
+        campaigns were left out (else "").
+    """
+    conv = comparison[comparison.metric == "conversion"] if len(comparison) else comparison
+    if not len(conv):
+        return [], ""
+    size = (conv.n_treatment + conv.n_control).groupby(conv.campaign_id).sum()
+    if campaigns:
+        wanted = list(dict.fromkeys(campaigns))
+        unknown = [c for c in wanted if c not in size.index]
+        if unknown:
+            raise ParameterError(f"campaign {unknown[0]!s} has no control group to learn an uplift "
+                                 f"model from; campaigns with one: "
+                                 f"{', '.join(map(str, sorted(size.index, key=str)))}")
+        return wanted, ""
+    bad = set(srm.loc[srm["mismatch"].astype(bool), "campaign_id"]) if len(srm) else set()
+    if len(balance):
+        bad |= set(balance.loc[balance["beyond_chance"].astype(bool), "campaign_id"])
+    ok = size.drop([c for c in bad if c in size.index]).sort_values(ascending=False, kind="mergesort")
+    chosen = list(ok.index if max_models is None else ok.index[:max_models])
+    notes = []
+    if bad & set(size.index):
+        notes.append(f"{', '.join(sorted(map(str, bad & set(size.index))))} failed a check and "
+                     f"was not used.")
+    if max_models is not None and len(ok) > len(chosen):
+        notes.append(f"Models were learned for the {len(chosen)} largest of {len(ok)} randomised "
+                     f"campaigns.")
+    return chosen, " ".join(notes)
+
+
+def _empty_analysis(params: dict, currency: str) -> CampaignAnalysis:
+    """The analysis of data without campaign contacts: every section needs them."""
+    need = ["campaign_contacts (campaign_id, customer_id, group)"]
+    empty = pd.DataFrame()
+    srm = pd.DataFrame(columns=["campaign_id", "mismatch"])
+    bal = pd.DataFrame(columns=["campaign_id", "imbalanced", "beyond_chance"])
+    return CampaignAnalysis(
+        campaign_info(None), empty, pd.DataFrame(columns=["campaign_id", "converted_rate",
+                                                          "cost_per_conversion"]),
+        pd.DataFrame(), pd.DataFrame(columns=["campaign_id", "metric"]),
+        pd.DataFrame(columns=["campaign_id", "incremental_revenue", "roi", "cost"]), srm, bal,
+        pd.DataFrame(), [], {}, [], {}, params, {k: list(need) for k in SECTIONS}, currency)
+
+
+# --------------------------------------------------------------------------
+# the page: charts and tables (crmlab.charts theme)
+# --------------------------------------------------------------------------
+
+# verdict of a comparison -> colour name of crmlab.charts.COLORS
+VERDICT_COLORS: dict[str, str] = {"raised": "good", "lowered": "bad", "no clear effect": "neutral",
+                                  "helps": "good", "hurts": "bad"}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    from crmlab import charts
+
+    charts.use_theme()
+    return plt, charts
+
+
+def _legend_below(fig, ax, handles=None, ncols: int = 3) -> None:
+    """The legend in one row under the plot (the figure uses the
+    constrained layout, which makes room for it)."""
+    kw = {"handles": handles} if handles is not None else {}
+    fig.legend(**kw, loc="outside lower center", ncols=ncols, fontsize=9)
+
+
+def _chrono(a: CampaignAnalysis, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the order the campaigns started (then by id), as every table
+    and chart of the page lists them."""
+    if not len(frame) or "campaign_id" not in frame.columns:
+        return frame
+    start = a.campaigns.set_index("campaign_id")["start_date"]
+    key = frame.campaign_id.map(start)
+    return (frame.assign(_start=key, _id=frame.campaign_id.astype(str))
+            .sort_values(["_start", "_id"], na_position="last", kind="mergesort")
+            .drop(columns=["_start", "_id"]))
+
+
+def _shown(a: CampaignAnalysis, frame: pd.DataFrame, min_size: int) -> pd.DataFrame:
+    """Rows of campaigns whose groups are all at least ``min_size``
+    contacts (smaller groups are not shown on their own), in start order."""
+    if not len(frame):
+        return frame
+    ok = pd.Series(True, index=frame.index)
+    for col in ("n_treatment", "n_control", "contacted"):
+        if col in frame.columns:
+            ok &= frame[col].fillna(0) >= min_size
+    return _chrono(a, frame[ok])
+
+
+def _verdict(sig, uplift) -> str:
+    if bool(sig) and uplift > 0:
+        return "raised"
+    if bool(sig) and uplift < 0:
+        return "lowered"
+    return "no clear effect"
+
+
+def _pts(x, digits: int = 1) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:+.{digits}f}"
+
+
+def _range(lo, hi, fmt) -> str:
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    return f"{fmt(lo)} to {fmt(hi)}"
+
+
+def _money(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:,.0f}"
+
+
+def _p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def funnel_chart(analysis: CampaignAnalysis):
+    """Grouped bars: the share of contacted customers reaching each recorded
+    stage (delivered, opened, clicked, converted), one bar per channel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt, charts = _plt()
+    ch = analysis.channels
+    stages = [s for s in FUNNEL_STAGES[1:] if f"{s}_rate" in ch and ch[f"{s}_rate"].notna().any()]
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    width = 0.8 / max(len(ch), 1)
+    x = np.arange(len(stages))
+    for i, (_, r) in enumerate(ch.iterrows()):
+        vals = np.array([r[f"{s}_rate"] for s in stages], dtype=float)
+        bars = ax.bar(x + (i - (len(ch) - 1) / 2) * width, vals, width * 0.95,
+                      color=charts.PALETTE[i % len(charts.PALETTE)],
+                      label=str(r.channel).replace("_", " "))
+        ax.bar_label(bars, labels=[f"{v:.0%}" if np.isfinite(v) else "" for v in vals],
+                     fontsize=8, padding=1)
+    ax.set_xticks(x, [s for s in stages])
+    ax.set_ylim(0, 1.1)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_ylabel("share of contacted customers")
+    ax.set_title("How far contacted customers got, per channel")
+    ax.grid(axis="x", visible=False)
+    ax.legend(ncols=min(len(ch), 4), loc="upper right")
+    return fig
+
+
+def forest_chart(analysis: CampaignAnalysis, metric: str = "conversion", *,
+                 min_size: int = MIN_GROUP_SIZE):
+    """Treatment against control per campaign: the uplift (treatment minus
+    control) with its 95% interval as a horizontal line, green where it rose
+    beyond chance after the correction, red where it fell, grey otherwise;
+    the adjusted p-value on the right, and campaigns that failed a check
+    marked. ``metric`` is ``"conversion"`` (percentage points) or
+    ``"revenue_per_contact"`` (money per contact).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt, charts = _plt()
+    c = analysis.comparison
+    c = _shown(analysis, c[c.metric == metric], min_size)
+    scale = 100.0 if metric != "revenue_per_contact" else 1.0
+    fig, ax = plt.subplots(figsize=(9.2, 0.36 * len(c) + 1.5), layout="constrained")
+    flagged = set(analysis.flagged())
+    y = np.arange(len(c))[::-1]
+    for yi, (_, r) in zip(y, c.iterrows()):
+        col = charts.COLORS[VERDICT_COLORS[_verdict(r.significant, r.uplift)]]
+        ax.plot([r.ci_low * scale, r.ci_high * scale], [yi, yi], color=col, lw=2.4,
+                solid_capstyle="round")
+        ax.plot(r.uplift * scale, yi, "o", color=col, ms=7)
+        note = f"adj. p {_p(r.p_adjusted)}" + ("  check failed" if r.campaign_id in flagged else "")
+        ax.annotate(note, xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center",
+                    fontsize=9, color=charts.COLORS["bad"] if r.campaign_id in flagged
+                    else charts.COLORS["neutral"])
+    ax.axvline(0, color="#374151", lw=1)
+    ax.set_yticks(y, [_short(analysis, cid) for cid in c.campaign_id])
+    ax.set_ylim(-0.7, len(c) - 0.3)
+    ax.grid(axis="y", visible=False)
+    if metric == "revenue_per_contact":
+        cur = f" ({analysis.currency})" if analysis.currency else ""
+        ax.set_xlabel(f"extra revenue per contact{cur} (treatment minus control)\n"
+                      f"dots: estimate; lines: 95% bootstrap interval")
+        ax.set_title("Revenue per contact: treatment against control")
+    else:
+        ax.set_xlabel("rise in conversion, percentage points (treatment minus control)\n"
+                      "dots: estimate; lines: 95% interval")
+        ax.set_title("Conversion: treatment against control")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=charts.COLORS[VERDICT_COLORS[v]], marker="o", lw=2.4, label=lab)
+               for v, lab in (("raised", "rose beyond chance"), ("lowered", "fell beyond chance"),
+                              ("no clear effect", "no clear effect"))]
+    _legend_below(fig, ax, handles)
+    return fig
+
+
+def roi_chart(analysis: CampaignAnalysis, *, min_size: int = MIN_GROUP_SIZE):
+    """Return on investment per campaign with its 95% interval; the line at
+    0% is break-even (the incremental margin pays back the cost exactly).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt, charts = _plt()
+    imp = _shown(analysis, analysis.impact[analysis.impact["roi"].notna()], min_size)
+    fig, ax = plt.subplots(figsize=(9.2, 0.36 * len(imp) + 1.4), layout="constrained")
+    y = np.arange(len(imp))[::-1]
+    for yi, (_, r) in zip(y, imp.iterrows()):
+        key = "good" if r.roi_ci_low > 0 else "bad" if r.roi_ci_high < 0 else "neutral"
+        col = charts.COLORS[key]
+        ax.plot([r.roi_ci_low, r.roi_ci_high], [yi, yi], color=col, lw=2.4, solid_capstyle="round")
+        ax.plot(r.roi, yi, "o", color=col, ms=7)
+    ax.axvline(0, color="#374151", lw=1)
+    ax.annotate("break-even", xy=(0, len(imp) - 0.45), ha="left", fontsize=9,
+                color=charts.COLORS["neutral"], xytext=(4, 0), textcoords="offset points")
+    ax.set_yticks(y, [_short(analysis, cid) for cid in imp.campaign_id])
+    ax.set_ylim(-0.7, len(imp) - 0.2)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:+.0%}"))
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(f"ROI = (margin {analysis.params['margin']:.0%} x incremental revenue - cost) "
+                  f"/ cost\ndots: estimate; lines: 95% interval; green: interval above break-even")
+    ax.set_title("Return on investment per campaign")
+    return fig
+
+
+def balance_chart(analysis: CampaignAnalysis, *, min_size: int = MIN_GROUP_SIZE):
+    """Standardised mean difference of each pre-campaign covariate between
+    treatment and control, per campaign (a "love plot"); the dashed lines
+    at +-0.1 are the usual balance threshold.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None (no balance check)
+    """
+    b = analysis.balance
+    if not len(b):
+        return None
+    plt, charts = _plt()
+    keep = set(_shown(analysis, analysis.srm, min_size).campaign_id) if len(analysis.srm) else set()
+    b = b[b.campaign_id.isin(keep)] if keep else b
+    present = set(b.campaign_id)
+    ids = [c for c in _chrono(analysis, analysis.srm).campaign_id if c in present] or sorted(present, key=str)
+    fig, ax = plt.subplots(figsize=(9.2, 0.34 * len(ids) + 1.6), layout="constrained")
+    pos = {cid: len(ids) - 1 - i for i, cid in enumerate(ids)}
+    covs = list(dict.fromkeys(b.covariate))
+    for j, cov in enumerate(covs):
+        part = b[b.covariate == cov]
+        ax.scatter(part.smd.clip(-0.5, 0.5), part.campaign_id.map(pos) + (j - (len(covs) - 1) / 2) * 0.12,
+                   s=28, color=charts.PALETTE[j % len(charts.PALETTE)],
+                   label=BALANCE_COVARIATES.get(cov, cov))
+    thr = CHECKS["smd_threshold"]
+    for v in (-thr, thr):
+        ax.axvline(v, color=charts.COLORS["bad"], ls="--", lw=1)
+    ax.axvline(0, color="#374151", lw=0.8)
+    ax.set_yticks(list(pos.values()), [_short(analysis, c) for c in pos])
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("standardised difference before the campaign (treatment minus control)")
+    ax.set_title("Were treatment and control alike before the campaign?")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def quasi_chart(analysis: CampaignAnalysis):
+    """For each campaign without a control group estimated by
+    difference-in-differences: orders per customer in the two periods
+    before the campaign and the period after, for the contacted customers
+    and their matched look-alikes. Parallel lines before the campaign are
+    what the estimate assumes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None (no such campaign)
+    """
+    rows = [(q, q["table"].iloc[0]) for q in analysis.quasi
+            if q.get("design") == "did" and "table" in q]
+    if not rows:
+        return None
+    plt, charts = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.8 * len(rows) + 1, 3.6), squeeze=False)
+    for ax, (q, r) in zip(axes.flat, rows):
+        L = q["window_days"]
+        x = [f"{2 * L}-{L} days\nbefore", f"{L} days\nbefore", f"{L} days\nafter"]
+        ax.plot(x, [r.treated_earlier, r.treated_before, r.treated_after], "o-",
+                color=charts.COLORS["main"], label="contacted customers")
+        ax.plot(x, [r.control_earlier, r.control_before, r.control_after], "o--",
+                color=charts.COLORS["neutral"], label="matched look-alikes")
+        ax.set_ylabel("orders per customer")
+        ax.set_title(_short(analysis, q["campaign_id"], 34), fontsize=11)
+        ax.legend(loc="lower left", fontsize=9)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    return fig
+
+
+def power_chart(analysis: CampaignAnalysis, *, min_size: int = MIN_GROUP_SIZE):
+    """Per campaign: the minimum detectable effect (bar), the observed
+    uplift (dot) and the target effect (dashed line), in percentage points.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt, charts = _plt()
+    pw = _shown(analysis, analysis.power, min_size)
+    fig, ax = plt.subplots(figsize=(9.2, 0.36 * len(pw) + 1.5), layout="constrained")
+    y = np.arange(len(pw))[::-1]
+    ax.barh(y, pw.mde * 100, color=charts.COLORS["band"], alpha=0.35, height=0.6,
+            label="smallest rise it could detect")
+    ax.plot(pw.observed_uplift * 100, y, "o", color=charts.COLORS["main"], ms=7,
+            label="rise observed")
+    if not analysis.params.get("relative_target"):
+        ax.axvline(analysis.params["target_uplift"] * 100, color=charts.COLORS["accent"], ls="--",
+                   lw=1.6, label=f"target rise ({analysis.params['target_uplift'] * 100:.1f} points)")
+    ax.axvline(0, color="#374151", lw=0.8)
+    ax.set_yticks(y, [_short(analysis, cid) for cid in pw.campaign_id])
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("conversion, percentage points")
+    ax.set_title(f"What each campaign could detect (power {analysis.params['power']:.0%})")
+    _legend_below(fig, ax)
+    return fig
+
+
+def uplift_chart(analysis: CampaignAnalysis, result: "UpliftResult | None" = None):
+    """The featured uplift model judged on held-out customers: the Qini
+    curve (extra conversions when contacting the top share ranked by the
+    model, against random selection) and the observed uplift in each fifth
+    of predicted uplift with its (Bonferroni-adjusted) interval, coloured by
+    verdict.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None (no fitted model)
+    """
+    r = result if result is not None else analysis.featured
+    if r is None or not r.fitted:
+        return None
+    plt, charts = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9), gridspec_kw={"width_ratios": [1.2, 1]})
+    q = r.curve
+    left.plot(q.fraction, q.incremental, color=charts.COLORS["main"], lw=2.2,
+              label=f"ranked by the model (Qini {r.qini:.2f})")
+    left.plot(q.fraction, q.random, color=charts.COLORS["neutral"], ls="--", lw=1.4,
+              label="random selection")
+    left.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    left.set_xlabel("share of held-out customers contacted, best-ranked first")
+    left.set_ylabel("extra conversions")
+    left.set_title("Qini curve on customers the model never saw", fontsize=11)
+    left.legend(loc="lower right", fontsize=9)
+    seg = r.segments
+    n = len(seg)
+    names = {1: "top"} | {n: "bottom"} if n > 1 else {1: "all"}
+    labels = [f"{names.get(int(b), '')}\n{int(b)}/{n}".strip() for b in seg.bin]
+    cols = [charts.COLORS[VERDICT_COLORS.get(v, "neutral")] for v in seg.verdict]
+    val = seg.observed_uplift.to_numpy(float) * 100
+    lo = np.nan_to_num(val - seg.ci_low.to_numpy(float) * 100)
+    hi = np.nan_to_num(seg.ci_high.to_numpy(float) * 100 - val)
+    right.bar(labels, np.nan_to_num(val), color=cols, yerr=[lo, hi], capsize=3,
+              error_kw={"lw": 1, "ecolor": "#374151"})
+    right.axhline(0, color="#374151", lw=0.8)
+    right.set_ylabel("observed rise in conversion, points")
+    right.set_xlabel("fifth of customers by predicted uplift")
+    right.set_title("Where the campaign helps, does nothing or hurts", fontsize=11)
+    right.grid(axis="x", visible=False)
+    fig.suptitle(_short(analysis, r.campaign_id, 40), x=0.01, ha="left", fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+# table name -> builder; every builder returns (frame, options for Report.table_html)
+def _funnel_columns(out: pd.DataFrame, f: pd.DataFrame, min_size: int):
+    """Append the funnel rates, conversion interval and costs of ``f`` to ``out``."""
+    stages = [s for s in FUNNEL_STAGES[1:] if f"{s}_rate" in f and f[f"{s}_rate"].notna().any()]
+    for s in stages:
+        if s == "converted":
+            out["Converted (95% interval)"] = [
+                "–" if not np.isfinite(v) else f"{v:.1%} ({100 * lo:.1f}–{100 * hi:.1f}%)"
+                for v, lo, hi in zip(f.converted_rate, f.converted_ci_low, f.converted_ci_high)]
+        else:
+            out[s.capitalize()] = f[f"{s}_rate"]
+    out["Cost per contact"] = f.cost_per_contact
+    out["Cost per conversion"] = f.cost_per_conversion
+    fmt = {s.capitalize(): "{:.1%}" for s in stages if s != "converted"}
+    fmt.update({"Cost per contact": "{:,.2f}", "Cost per conversion": "{:,.2f}"})
+    return out, {"formats": fmt, "count_col": "Contacted", "min_size": min_size}
+
+
+def _funnel_table(a: CampaignAnalysis, min_size: int):
+    f = _chrono(a, a.funnel)
+    out = pd.DataFrame({"Campaign": f.campaign_id.map(lambda c: _short(a, c, 40)),
+                        "Channel": f.channel.fillna("").astype(str).str.replace("_", " "),
+                        "Contacted": f.contacted.astype("int64")})
+    out, opts = _funnel_columns(out, f, min_size)
+    return out, {**opts, "caption": "Rates are shares of contacted customers (the control group, "
+                                    "who received nothing, is left out)."}
+
+
+def _channel_table(a: CampaignAnalysis, min_size: int):
+    c = a.channels
+    out = pd.DataFrame({"Channel": c.channel.astype(str).str.replace("_", " "),
+                        "Campaigns": c.campaigns.astype("int64"),
+                        "Contacted": c.contacted.astype("int64")})
+    return _funnel_columns(out, c, min_size)
+
+
+def _comparison_table(a: CampaignAnalysis, min_size: int, metric: str = "conversion"):
+    c = _shown(a, a.comparison[a.comparison.metric == metric], min_size)
+    flagged = set(a.flagged())
+    money = metric == "revenue_per_contact"
+    fmt_u = _money if money else _pts
+    out = pd.DataFrame({
+        "Campaign": c.campaign_id.map(lambda x: _short(a, x, 40)),
+        "Contacts (treatment / control)": [f"{int(t):,} / {int(k):,}"
+                                           for t, k in zip(c.n_treatment, c.n_control)],
+        "Treatment": c.treatment, "Control": c.control,
+        ("Uplift (95% bootstrap interval)" if money else "Uplift, points (95% interval)"): [
+            f"{fmt_u(u)} ({_range(lo, hi, fmt_u)})" for u, lo, hi in zip(c.uplift, c.ci_low,
+                                                                        c.ci_high)],
+    })
+    if money:
+        out["Welch 95% interval"] = [_range(lo, hi, _money)
+                                     for lo, hi in zip(c.welch_ci_low, c.welch_ci_high)]
+    else:
+        out["Relative uplift"] = c.relative_uplift
+    out["p-value"] = [_p(v) for v in c.p_value]
+    out["Adjusted p-value"] = [_p(v) for v in c.p_adjusted]
+    out["Result"] = [_verdict(s, u) + (" (check failed)" if cid in flagged else "")
+                     for s, u, cid in zip(c.significant, c.uplift, c.campaign_id)]
+    fmt = ({"Treatment": "{:,.2f}", "Control": "{:,.2f}"} if money else
+           {"Treatment": "{:.2%}", "Control": "{:.2%}", "Relative uplift": "{:+.0%}"})
+    return out, {"formats": fmt}
+
+
+def _impact_table(a: CampaignAnalysis, min_size: int):
+    i = _shown(a, a.impact, min_size)
+    out = pd.DataFrame({
+        "Campaign": i.campaign_id.map(lambda x: _short(a, x, 40)),
+        "Extra conversions": i.incremental_conversions,
+        "Extra conversions 95% interval": [_range(lo, hi, lambda v: f"{v:,.0f}") for lo, hi in
+                                           zip(i.incremental_conversions_ci_low,
+                                               i.incremental_conversions_ci_high)],
+        "Extra revenue": i.incremental_revenue,
+        "Extra revenue 95% interval": [_range(lo, hi, _money) for lo, hi in
+                                       zip(i.incremental_revenue_ci_low,
+                                           i.incremental_revenue_ci_high)],
+        "Cost": i.cost, "ROI": i.roi,
+        "ROI 95% interval": [_range(lo, hi, lambda v: f"{v:+.0%}")
+                             for lo, hi in zip(i.roi_ci_low, i.roi_ci_high)],
+        "Cost per extra conversion": i.cost_per_incremental_conversion,
+    })
+    return out, {"formats": {"Extra conversions": "{:,.0f}", "Extra revenue": "{:,.0f}",
+                             "Cost": "{:,.0f}", "ROI": "{:+.0%}",
+                             "Cost per extra conversion": "{:,.2f}"}}
+
+
+def _warnings_table(a: CampaignAnalysis, min_size: int):
+    rows = []
+    for _, r in a.srm[a.srm["mismatch"].astype(bool)].iterrows() if len(a.srm) else []:
+        rows.append({"Campaign": _short(a, r.campaign_id, 40), "Severity": "warning",
+                     "Check": "sample ratio",
+                     "Result": f"{r.observed_share:.1%} treated against {r.planned_share:.0%} "
+                               f"planned (p {_p(r.p_value)})",
+                     "What it means": "the split or the logging is broken: do not use the "
+                                      "comparison until the cause is found"})
+    if len(a.balance):
+        for cid, g in a.balance[a.balance["imbalanced"].astype(bool)].groupby("campaign_id",
+                                                                              sort=True):
+            worst = g.loc[g.smd.abs().idxmax()]
+            beyond = bool(g.beyond_chance.any())
+            rows.append({"Campaign": _short(a, cid, 40), "Severity": "warning" if beyond else "note",
+                         "Check": "balance before the campaign",
+                         "Result": f"{worst.label}: SMD {worst.smd:+.2f} (p {_p(worst.p_value)})",
+                         "What it means": ("the groups were not randomly split: the uplift may "
+                                           "be a difference that already existed" if beyond else
+                                           "a chance difference: read the interval, not the "
+                                           "point estimate")})
+    out = pd.DataFrame(rows, columns=["Campaign", "Severity", "Check", "Result", "What it means"])
+    return out.sort_values("Severity", key=lambda s: s.map({"warning": 0, "note": 1}),
+                           kind="mergesort"), {}
+
+
+def _srm_table(a: CampaignAnalysis, min_size: int):
+    s = _shown(a, a.srm, min_size)
+    out = pd.DataFrame({
+        "Campaign": s.campaign_id.map(lambda x: _short(a, x, 40)),
+        "Treatment contacts": s.n_treatment.astype("int64"),
+        "Control contacts": s.n_control.astype("int64"),
+        "Treated share": s.observed_share,
+        "Planned share": [f"{v:.0%}" + (" (assumed)" if assumed else "")
+                          for v, assumed in zip(s.planned_share, s.planned_share_assumed)],
+        "p-value": [_p(v) for v in s.p_value],
+        "Result": np.where(s.mismatch.astype(bool), "mismatch", "as planned"),
+    })
+    return out, {"formats": {"Treated share": "{:.1%}"}}
+
+
+def _quasi_table(a: CampaignAnalysis, min_size: int):
+    q = a.quasi_table()
+    if not len(q):
+        return pd.DataFrame(), {}
+    rows = []
+    for _, r in q.iterrows():
+        if r.design == "did":
+            rows.append({"Campaign": _short(a, r.campaign_id, 40),
+                         "Design": "difference-in-differences (matched)", "Outcome": r.outcome,
+                         "Contacted customers": int(r.n_treated),
+                         "Effect per customer": f"{r.effect:+,.3f}",
+                         "95% interval": _range(r.ci_low, r.ci_high, lambda v: f"{v:+,.3f}"),
+                         "Total": f"{r.incremental_total:+,.0f}",
+                         "Placebo": f"{r.placebo:+,.3f}",
+                         "Parallel trends": r.parallel_trends})
+        else:
+            rows.append({"Campaign": _short(a, r.campaign_id, 40),
+                         "Design": "interrupted time series", "Outcome": r.outcome,
+                         "Contacted customers": int(r.n_treated), "Effect per customer": "–",
+                         "95% interval": _range(r.incremental_ci_low, r.incremental_ci_high,
+                                                lambda v: f"{v:+,.0f}"),
+                         "Total": f"{r.incremental_total:+,.0f}", "Placebo": "–",
+                         "Parallel trends": "–"})
+    return pd.DataFrame(rows), {"count_col": "Contacted customers", "min_size": min_size}
+
+
+def _power_table(a: CampaignAnalysis, min_size: int):
+    p = _shown(a, a.power, min_size)
+    target = a.params["target_uplift"]
+    rel = a.params.get("relative_target")
+    out = pd.DataFrame({
+        "Campaign": p.campaign_id.map(lambda x: _short(a, x, 40)),
+        "Treatment contacts": p.n_treatment.astype("int64"),
+        "Control contacts": p.n_control.astype("int64"),
+        "Control conversion": p.baseline,
+        "Detectable rise (points)": [_pts(v) for v in p.mde],
+        "Observed rise (points)": [_pts(v) for v in p.observed_uplift],
+        "Treatment needed": p.n_needed_treatment, "Control needed": p.n_needed_control,
+        "Big enough": np.where(p.powered.astype(bool), "yes", "no"),
+    })
+    cap = (f"Group sizes needed to detect a rise of {target:.0%} of the baseline"
+           if rel else f"Group sizes needed to detect a rise of {100 * target:.1f} points")
+    return out, {"formats": {"Control conversion": "{:.2%}", "Treatment needed": "{:,.0f}",
+                             "Control needed": "{:,.0f}"},
+                 "caption": cap + f" with power {a.params['power']:.0%} at alpha "
+                                  f"{a.params['alpha']:g}, with each campaign's split."}
+
+
+def _uplift_table(a: CampaignAnalysis, min_size: int):
+    s = a.uplift_summary()
+    out = pd.DataFrame({
+        "Campaign": s.campaign_id.map(lambda x: _short(a, x, 40)),
+        "Learned from": s.n_train.astype("int64"), "Judged on": s.n_test.astype("int64"),
+        "Qini coefficient": s.qini, "95% of chance below": s.null_95,
+        "p-value": [_p(v) for v in s.qini_p_value],
+        "Result": [("better than random" if b else "no better than random") if not note else note
+                   for b, note in zip(s.better_than_random, s.note)],
+    })
+    return out, {"formats": {"Qini coefficient": "{:.3f}", "95% of chance below": "{:.3f}"}}
+
+
+def _profile_table(a: CampaignAnalysis, min_size: int):
+    r = a.featured
+    if r is None or not len(r.profile):
+        return pd.DataFrame(), {}
+    p = r.profile
+    out = pd.DataFrame({"Verdict": p.verdict, "Fifths (1 = top)": p.bins,
+                        "Customers": p.contacts.astype("int64"),
+                        "Observed rise (points)": [_pts(v) for v in p.observed_uplift]})
+    fmt = {}
+    for col, (label, f) in PROFILE_FEATURES.items():
+        if col in p.columns:
+            out[label] = p[col]
+            fmt[label] = f
+    if "top_category" in p.columns:
+        out["Largest category"] = p.top_category
+    return out, {"formats": fmt, "count_col": "Customers", "min_size": min_size}
+
+
+PAGE_TABLES: dict[str, Any] = {
+    "funnel": _funnel_table,
+    "channels": _channel_table,
+    "comparison": _comparison_table,
+    "revenue": lambda a, m: _comparison_table(a, m, "revenue_per_contact"),
+    "impact": _impact_table,
+    "warnings": _warnings_table,
+    "srm": _srm_table,
+    "quasi": _quasi_table,
+    "power": _power_table,
+    "uplift": _uplift_table,
+    "profile": _profile_table,
+}
+
+
+def page_table(analysis: CampaignAnalysis, name: str, *, min_size: int = MIN_GROUP_SIZE) -> dict:
+    """A result table of the analysis made ready for the page.
+
+    Parameters
+    ----------
+    analysis : CampaignAnalysis
+    name : str
+        A key of ``PAGE_TABLES``: ``funnel, channels, comparison, revenue,
+        impact, warnings, srm, quasi, power, uplift, profile``.
+    min_size : int
+        Campaigns with a group smaller than this are left out; tables with
+        a count column merge such rows (see ``Report.table_html``).
+
+    Returns
+    -------
+    dict
+        ``{"table": frame with plain headings, "table_options": {...}}`` --
+        the keywords of ``Report.section`` (``{"table": None}`` when there is
+        nothing to show).
+
+    Examples
+    --------
+    >>> rep.section("Funnel", text, **page_table(analysis, "funnel"))   # doctest: +SKIP
+    """
+    if name not in PAGE_TABLES:
+        raise ParameterError(f"unknown table {name!r}; known: {', '.join(PAGE_TABLES)}")
+    a = analysis
+    sources = {"funnel": a.funnel, "channels": a.channels, "comparison": a.comparison,
+               "revenue": a.comparison, "impact": a.impact, "srm": a.srm, "warnings": a.srm,
+               "power": a.power, "quasi": a.quasi, "uplift": a.uplift, "profile": a.uplift}
+    if not len(sources[name]):
+        return {"table": None}
+    frame, options = PAGE_TABLES[name](analysis, min_size)
+    if frame is None or not len(frame):
+        return {"table": None}
+    return {"table": frame.reset_index(drop=True), "table_options": options}
+

@@ -82,8 +82,12 @@ def _default_classifier(random_state):
     # conversion signals are weak and rare, and an uplift is the difference of
     # two such models: small trees with large leaves and a slow learning rate
     # keep each model from fitting noise that the difference would amplify
+    # (on the demo world's heterogeneous campaigns, 3 leaves of >= 400 rows
+    # beat random targeting in 75-100% of held-out splits against 50-100% for
+    # 4 leaves of >= 200, with fewer false positives on a campaign without
+    # effect)
     return HistGradientBoostingClassifier(
-        max_iter=100, learning_rate=0.05, max_leaf_nodes=4, min_samples_leaf=200,
+        max_iter=100, learning_rate=0.05, max_leaf_nodes=3, min_samples_leaf=400,
         l2_regularization=1.0, early_stopping=False, random_state=random_state,
     )
 
@@ -330,8 +334,29 @@ def optimum_qini_curve(y, treatment) -> pd.DataFrame:
 
 
 def _optimum_area(y: np.ndarray, t: np.ndarray) -> float:
-    pts = _points(y, t, *_ranking(_optimum_score(y, t)))
-    return _qini_area(len(y), pts[0], pts[-1])
+    """The area of :func:`optimum_qini_curve` above random targeting.
+
+    For 0/1 outcomes in closed form (the permutation test needs it hundreds
+    of times): the optimum ranking has three tied groups -- ``a`` treated
+    converters, ``m`` non-converters, ``b`` control converters -- so its
+    curve runs through (0, 0), (a/n, a), ((a+m)/n, a) and (1, a - b T/C)
+    (``T``, ``C``: treated and control customers), and the trapezoid rule
+    on those points gives the area. Other outcomes: by sorting.
+    """
+    n = len(y)
+    if n == 0:
+        return 0.0
+    if not np.all((y == 0) | (y == 1)):
+        pts = _points(y, t, *_ranking(_optimum_score(y, t)))
+        return _qini_area(n, pts[0], pts[-1])
+    n_t = float(np.count_nonzero(t))
+    n_c = n - n_t
+    a = float(np.count_nonzero(y[t]))
+    b = float(np.count_nonzero(y)) - a
+    m = n - a - b
+    end = a - (b * n_t / n_c if n_c > 0 else 0.0)
+    area = (a / n) * a / 2.0 + (m / n) * a + (b / n) * (a + end) / 2.0
+    return area - end / 2.0
 
 
 def qini_coefficient(y, treatment, score, *, normalize: bool = True) -> float:
@@ -421,8 +446,25 @@ def qini_permutation_test(y, treatment, score, *, n_permutations: int = 200,
     }
 
 
+def score_bins(score, n_bins: int = 10) -> np.ndarray:
+    """Each row's bin of predicted uplift: ``n_bins`` equal-sized bins, bin 1
+    the highest scores (ties broken by position, as in :func:`uplift_segments`).
+
+    Examples
+    --------
+    >>> score_bins([0.1, 0.5, 0.3, 0.2], n_bins=2).tolist()
+    [2, 1, 1, 2]
+    """
+    s = np.asarray(score, dtype=float)
+    n = len(s)
+    n_bins = max(1, min(int(n_bins), n))
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-s, kind="mergesort")] = np.arange(n)
+    return (rank * n_bins) // n + 1
+
+
 def uplift_segments(y, treatment, score, *, n_bins: int = 10, alpha: float = 0.05,
-                    min_group_size: int = MIN_GROUP_SIZE,
+                    adjust: bool = False, min_group_size: int = MIN_GROUP_SIZE,
                     verdicts: Mapping[str, str] = SEGMENT_VERDICTS) -> pd.DataFrame:
     """Where the campaign helps, does nothing or hurts: bins of predicted
     uplift with the observed uplift in each.
@@ -432,7 +474,11 @@ def uplift_segments(y, treatment, score, *, n_bins: int = 10, alpha: float = 0.0
     the observed uplift is the treated minus the control conversion rate,
     with Newcombe's hybrid score interval (1998, method 10). The verdict is
     ``"helps"`` when the interval lies above zero, ``"hurts"`` when below,
-    else ``"no clear effect"``. Bins with fewer than ``min_group_size``
+    else ``"no clear effect"``. With ``adjust=True`` each interval has level
+    ``1 - alpha / n_bins`` (Bonferroni), so that across all the bins the
+    chance of any verdict other than "no clear effect" arising by chance is
+    at most ``alpha``; without it, one bin in twenty gets a verdict by chance
+    when the campaign does nothing. Bins with fewer than ``min_group_size``
     customers in either group get no rates (privacy rule of the report
     pages) and the verdict ``"no clear effect"``. ``verdicts`` maps the
     three verdicts, in the order helps / no clear effect / hurts, to their
@@ -446,11 +492,7 @@ def uplift_segments(y, treatment, score, *, n_bins: int = 10, alpha: float = 0.0
         observed_uplift, ci_low, ci_high, verdict``.
     """
     y, t, s = _arrays(y, treatment, score)
-    n = len(y)
-    n_bins = max(1, min(int(n_bins), n))
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(-s, kind="mergesort")] = np.arange(n)
-    b = (rank * n_bins) // n + 1
+    b = score_bins(s, n_bins)
     df = pd.DataFrame({"bin": b, "s": s, "t": t, "y": y})
     g = df.groupby("bin")
     out = pd.DataFrame({
@@ -468,8 +510,9 @@ def uplift_segments(y, treatment, score, *, n_bins: int = 10, alpha: float = 0.0
     low = np.full(len(out), np.nan)
     high = np.full(len(out), np.nan)
     if ok.any():
+        level = alpha / len(out) if adjust else alpha
         lo, hi = confint_proportions_2indep(xt[ok], nt[ok], xc[ok], nc[ok],
-                                            method="newcomb", compare="diff", alpha=alpha)
+                                            method="newcomb", compare="diff", alpha=level)
         low[ok.to_numpy()], high[ok.to_numpy()] = lo, hi
     out["conversion_treatment"] = np.where(ok, pt, np.nan)
     out["conversion_control"] = np.where(ok, pc, np.nan)
