@@ -141,11 +141,13 @@ def test_section_table_and_not_available(tmp_path, shown):
     profile = pd.DataFrame({"segment": ["core", "tiny", "<lost>"], "customers": [40, 3, 12],
                             "revenue": [1234.5, 10.0, 99.0]})
     fig = charts.bar(profile.set_index("segment")["customers"])
+    assert plt.fignum_exists(fig.number)
     rep.section("Segments", "Core is large.\n\nAct on <lost>.", figure=fig, table=profile,
                 table_options={"count_col": "customers"})
     html = shown[-1]
     assert html.count('<p class="crm-text">') == 2 and "Act on &lt;lost&gt;." in html
-    assert 'src="data:image/png;base64,' in html and not plt.get_fignums(), "figure inlined and closed"
+    assert 'src="data:image/png;base64,' in html and not plt.fignum_exists(fig.number), \
+        "figure inlined and closed"
     assert "tiny" not in html and "&lt;lost&gt;" in html and "1,234.50" in html
     rep.not_available("Satisfaction", needs="tickets.satisfaction")
     assert "Not available: needs tickets.satisfaction." in shown[-1]

@@ -682,7 +682,7 @@ class GradientBoostingForecaster(PanelForecaster):
 
     def _calendar(self, periods):
         p = pd.DatetimeIndex(periods)
-        pos = {"D": p.dayofyear, "W": p.isocalendar().week.to_numpy(), "M": p.month}[self.freq_]
+        pos = {"D": p.day_of_year, "W": p.isocalendar().week.to_numpy(), "M": p.month}[self.freq_]
         cols = [np.asarray(pos, float)]
         if self.freq_ == "D":
             cols.append(np.asarray(p.dayofweek, float))
