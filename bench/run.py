@@ -162,7 +162,7 @@ def _summarise(rows: list[dict]) -> list[dict]:
             and "error" not in s}
     for s in summary:
         ref = refs.get(s.get("group"))
-        if ref and "error" not in s and s is not ref:
+        if ref and "error" not in s and s.get("impl") != "crmlab":
             s["ratio_to_crmlab"] = round(s["seconds"] / ref["seconds"], 2) if ref["seconds"] else None
             s["memory_ratio_to_crmlab"] = (round(s["peak_mib"] / ref["peak_mib"], 2)
                                            if ref.get("peak_mib") else None)
