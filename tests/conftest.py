@@ -142,6 +142,14 @@ def tiny_world(tmp_path) -> Path:
     return d
 
 
+def minimal_orders_source(world: Path, directory: Path) -> Path:
+    """A source folder holding only what the contract requires:
+    ``orders(customer_id, order_date, amount)`` from ``world``."""
+    pd.read_parquet(Path(world) / "orders.parquet", columns=["customer_id", "order_date", "amount"]).to_parquet(
+        Path(directory) / "orders.parquet", index=False)
+    return Path(directory)
+
+
 # ----------------------------------------------------------------------------- personal data
 # what identifies a person; a planted defect like "@qq.com" (no name part) is only
 # a domain, and every masked email ends with one

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import assert_no_personal_values
+from conftest import assert_no_personal_values, minimal_orders_source
 from crmlab.runner import run_report
 
 synthetic = pytest.importorskip("crmlab.synthetic")
@@ -115,9 +115,7 @@ def test_the_page_masks_personal_data_and_reads_like_a_report(small_run, small_w
 @pytest.fixture(scope="module")
 def minimal_run(small_world, tmp_path_factory):
     """The small world's orders with only customer_id, order_date, amount."""
-    src = tmp_path_factory.mktemp("minimal-source")
-    pd.read_parquet(small_world / "orders.parquet", columns=["customer_id", "order_date", "amount"]).to_parquet(
-        src / "orders.parquet", index=False)
+    src = minimal_orders_source(small_world, tmp_path_factory.mktemp("minimal-source"))
     return run_report("forecasting", source=str(src), reports_dir=tmp_path_factory.mktemp("minimal-reports"))
 
 

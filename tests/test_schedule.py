@@ -31,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from testkit import crmlab, env_for, make_project, pid_alive, run_dirs, tiny_source, wait_for  # noqa: E402
-from test_notify import HookSink, SmtpSink, closed_port  # noqa: E402
+from test_notify import closed_port, hook, smtp  # noqa: E402,F401 (the receivers' fixtures)
 
 from crmlab import config, locks, schedule  # noqa: E402
 from crmlab.exceptions import ParameterError  # noqa: E402
@@ -55,20 +55,6 @@ def project(tmp_path):
     reports = tmp_path / "reports"
     env = dict(env_for(root, reports), TZ="UTC", PYTHONUNBUFFERED="1")
     return SimpleNamespace(root=root, reports=reports, env=env, tmp=tmp_path, src=tiny_source(tmp_path / "src"))
-
-
-@pytest.fixture
-def hook():
-    sink = HookSink()
-    yield sink
-    sink.close()
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink()
-    yield sink
-    sink.close()
 
 
 def write_schedule(project, text: str) -> Path:

@@ -357,18 +357,13 @@ def _comparisons(fields: Sequence[str], prior: Mapping[str, float]):
                 cll.JaroWinklerLevel(f, 0.9).configure(label_for_charts="nearly the same"),
                 cll.JaroWinklerLevel(f, 0.7).configure(label_for_charts="similar"),
                 cll.ElseLevel()], output_column_name=f))
-    if "postcode" in fields:
-        comps.append(cl.CustomComparison([
-            cll.NullLevel("postcode"),
-            cll.ExactMatchLevel("postcode").configure(label_for_charts="same"),
-            cll.DamerauLevenshteinLevel("postcode", 1).configure(label_for_charts="one character off"),
-            cll.ElseLevel()], output_column_name="postcode"))
-    if "national_id" in fields:
-        comps.append(cl.CustomComparison([
-            cll.NullLevel("national_id"),
-            cll.ExactMatchLevel("national_id").configure(label_for_charts="same"),
-            cll.DamerauLevenshteinLevel("national_id", 1).configure(label_for_charts="one character off"),
-            cll.ElseLevel()], output_column_name="national_id"))
+    for f in ("postcode", "national_id"):
+        if f in fields:
+            comps.append(cl.CustomComparison([
+                cll.NullLevel(f),
+                cll.ExactMatchLevel(f).configure(label_for_charts="same"),
+                cll.DamerauLevenshteinLevel(f, 1).configure(label_for_charts="one character off"),
+                cll.ElseLevel()], output_column_name=f))
     for c in comps:
         n = len([lv for lv in c.create_comparison_levels() if not getattr(lv, "is_null_level", False)])
         c.configure(m_probabilities=_m_prior(n, prior))

@@ -483,18 +483,10 @@ def load_schedule(path=None) -> Schedule:
     >>> load_schedule().jobs[0].report                      # doctest: +SKIP
     'data-quality'
     """
-    import yaml
-
     path = Path(path) if path else default_schedule_path()
     if not path.is_file():
         raise ParameterError(f"no schedule file at {path}")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ParameterError(f"schedule file {path} is not valid YAML{where}") from None
-    return load_schedule_doc(doc if doc is not None else {}, path=path)
+    return load_schedule_doc(config.load_yaml(path, "schedule file"), path=path)
 
 
 def _listed(value) -> list:
