@@ -28,10 +28,79 @@ def as_of_literal(as_of: str | dt.date | dt.datetime | None) -> ir.TimestampScal
 def latest_order_date(orders: ir.Table, *, date_col: str = "order_date") -> dt.date:
     """The date of the newest order: the default ``as_of`` of every report."""
     value = orders[date_col].max().execute()
-    if value is None:
+    if value is None or (not isinstance(value, (dt.date, str)) and value != value):  # None, NaT
         from crmlab.exceptions import NoDataError
         raise NoDataError("table orders has no rows with an order_date")
     return value.date() if hasattr(value, "date") else value
+
+
+def parse_as_of(as_of: str | dt.date | dt.datetime | None) -> dt.date | None:
+    """A user's ``as_of`` as a date (None when empty); a
+    :class:`~crmlab.exceptions.ParameterError` for text that is not a date."""
+    if as_of is None or (isinstance(as_of, str) and not as_of.strip()):
+        return None
+    if isinstance(as_of, dt.datetime):
+        return as_of.date()
+    if isinstance(as_of, dt.date):
+        return as_of
+    if hasattr(as_of, "to_pydatetime"):  # pandas Timestamp
+        return as_of.to_pydatetime().date()
+    try:
+        return dt.date.fromisoformat(str(as_of).strip()[:10])
+    except ValueError:
+        from crmlab.exceptions import ParameterError
+        raise ParameterError("as_of must be a date YYYY-MM-DD (parameter as_of)") from None
+
+
+def snapshot_date(orders: ir.Table, as_of: str | dt.date | dt.datetime | None = None, *,
+                  date_col: str = "order_date") -> dt.date:
+    """The report's snapshot date, the one meaning every report uses: ``as_of``
+    as a date when given, else the date of the newest order (of any status).
+
+    Orders on the snapshot date count (:func:`as_of_literal` is the end of
+    that day). Raises NoDataError when ``as_of`` is empty and no order has a
+    date, ParameterError when ``as_of`` is not a date.
+    """
+    day = parse_as_of(as_of)
+    return day if day is not None else latest_order_date(orders, date_col=date_col)
+
+
+def purchases(orders: ir.Table, *, status_col: str = "status") -> ir.Table:
+    """The orders that are purchases -- the one meaning every report uses.
+
+    An order is a purchase unless its optional ``status`` is one of
+    :data:`crmlab.schema.NON_PURCHASE_STATUSES` (refunded, cancelled; case and
+    surrounding spaces ignored). A missing status, ``paid`` and a status word
+    the contract does not know all count as purchases, so an export without
+    statuses or with its own words (``shipped``) is not emptied.
+
+    Takes and returns a table of the form ``customer_id, order_date, amount[,
+    status, ...]`` (one row per order, same columns).
+    """
+    from crmlab.schema import NON_PURCHASE_STATUSES
+
+    if status_col not in orders.columns:
+        return orders
+    s = orders[status_col].cast("string").strip().lower()
+    return orders.filter(s.isnull() | ~s.isin(list(NON_PURCHASE_STATUSES)))
+
+
+def purchase_totals(orders: ir.Table, as_of=None, *, customer_id_col: str = "customer_id",
+                    date_col: str = "order_date", amount_col: str = "amount") -> dict:
+    """The headline every report publishes the same way: purchase revenue and
+    the number of purchasing customers up to ``as_of`` (every order when None).
+
+    Transforms the orders table into ``{"purchase_revenue": float,
+    "purchasing_customers": int}``; reports write both into ``metrics.json``
+    so that two reports on the same data never disagree about them.
+    """
+    t = purchases(orders)
+    cutoff = as_of_literal(as_of)
+    if cutoff is not None:
+        t = t.filter(t[date_col] <= cutoff)
+    row = t.aggregate(_rev=t[amount_col].sum(), _cust=t[customer_id_col].nunique()).to_pyarrow().to_pylist()[0]
+    revenue = row["_rev"]
+    return {"purchase_revenue": round(float(revenue or 0.0), 2), "purchasing_customers": int(row["_cust"] or 0)}
 
 
 def customer_summary(orders: ir.Table, as_of=None, *, customer_id_col: str = "customer_id",

@@ -281,7 +281,13 @@ BOOL_VALUES: dict[str, bool] = {
 
 #: Text that means "missing" in a column that is not free text (after
 #: trimming and case-folding).
-NULL_TOKENS: tuple[str, ...] = ("", "null", "none", "nan", "nat", "na", "n/a", "\\n")
+NULL_TOKENS: tuple[str, ...] = ("", "null", "none", "nan", "nat", "na", "n/a", "\\n", "-", "--", "无", "空")
+
+#: Order statuses that are not purchases (after trimming and case-folding,
+#: and after :data:`VALUE_MAPS`). Every other status -- ``paid``, a missing
+#: one, or a word the contract does not know -- is a purchase. The one
+#: definition of "a purchase" every report uses (:func:`crmlab.engine.purchases`).
+NON_PURCHASE_STATUSES: tuple[str, ...] = ("refunded", "cancelled", "canceled")
 
 #: Date layouts tried, in order, when a date arrives as text (strptime
 #: codes). ``{dmy}`` expands to day-first or month-first by ``dayfirst``.
@@ -476,7 +482,7 @@ def pandera_schema(table_name: str, *, backend: str = "ibis", columns=None,
 
 __all__ = [
     "BOOL_VALUES", "CHECKS", "Column", "ID_COLUMNS", "LIMITS", "LIMIT_CHECKS", "LOGICAL_TYPES",
-    "NULL_TOKENS", "PII_CLASSES", "TABLES", "Table", "VALUE_MAPS", "column", "date_formats",
+    "NON_PURCHASE_STATUSES", "NULL_TOKENS", "PII_CLASSES", "TABLES", "Table", "VALUE_MAPS", "column", "date_formats",
     "ibis_dtype", "limit_check", "limits", "pandera_schema", "pii_columns", "required_columns",
     "table",
 ]
