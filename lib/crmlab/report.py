@@ -462,8 +462,18 @@ class Report:
     def header(self, data=None, *, as_of=None, subtitle: str | None = None) -> None:
         """Show the header: report name, data source, as-of date, run time and
         status. ``data`` is the ``Dataset`` (for its source, fingerprint and
-        row counts). The notebook tags this cell ``header``."""
-        _display(self.header_html(data, as_of=as_of, subtitle=subtitle))
+        row counts). The notebook tags this cell ``header``.
+
+        With a ``data`` that has orders, it also records the figures every
+        report states the same way (:func:`crmlab.engine.purchase_totals`:
+        ``purchase_revenue`` and ``purchasing_customers`` up to the as-of
+        date), so two reports on the same data never disagree about them."""
+        html = self.header_html(data, as_of=as_of, subtitle=subtitle)
+        if data is not None and hasattr(data, "has") and data.has("orders"):
+            from crmlab.engine import purchase_totals
+            for key, value in purchase_totals(data.table("orders"), self.as_of).items():
+                self.metric(key, value)
+        _display(html)
 
     def change_sentences(self) -> list[str]:
         """One sentence per KPI on its change since the previous successful
