@@ -279,3 +279,17 @@ def test_a_blocking_rule_that_compares_too_many_pairs_is_narrowed():
                                  budget=5_000)
     assert kept == [("email",), ("address", "postcode")]
     assert sum(dedupe.block_pairs(data, kept)) <= 5_000
+
+
+def test_a_record_without_an_id_is_not_a_customer():
+    # a spreadsheet export's row of empty cells (",,,,") has no customer id:
+    # validation quarantines it; it is no record to merge, nor a duplicate
+    customers, _ = make_people(n=60, dup_share=0.0, seed=5)
+    customers = customers.drop(columns=["first_name", "last_name"])
+    customers["customer_id"] = customers["customer_id"].map("{:05d}".format)   # 00001 ...
+    empty = pd.DataFrame([{c: None for c in customers.columns}, {**{c: None for c in customers.columns},
+                                                                  "customer_id": " "}])
+    res = dedupe.find_duplicates(pd.concat([customers, empty], ignore_index=True))
+    assert res.summary["records"] == 60 and res.summary["duplicate_records"] == 0
+    assert res.customer_key["customer_id"].notna().all()
+    assert res.customer_key["customer_id"].str.len().eq(5).all()       # leading zeros kept

@@ -524,3 +524,20 @@ def test_rules_file_overrides_sections(tmp_path):
         quality.load_rules(str(tmp_path / "bad.yaml"))
     with pytest.raises(ParameterError, match="not found"):
         quality.load_rules(str(tmp_path / "missing.yaml"))
+
+
+# ---------------------------------------------------------------- foreign shapes
+
+def test_flagged_rows_without_a_key_keep_their_row_numbers(con):
+    """A row of empty cells (``,,,,``) has no key: its flags still list it,
+    with an empty key, and the rows and keys of the others stay aligned."""
+    t = con.create_table("blank_keys", pd.DataFrame({
+        "_row": [1, 2, 3, 4], "customer_id": ["00042", None, "42", None],
+        "email": [None, None, "x@example.com", None]}), overwrite=True)
+    checks = quality.completeness_checks(t, "customers", {"required_filled": {"customers": ["email"]}})
+    _, flagged = quality.run_checks(t, checks, key_col="customer_id")
+    email = flagged[flagged["column"] == "email"].sort_values("row")
+    assert list(email["row"]) == [1, 2, 4]
+    assert email["key"].tolist()[0] == "00042" and email["key"].isna().tolist()[1:] == [True, True]
+    ids = flagged[flagged["column"] == "customer_id"]
+    assert ids.empty          # customer_id is not in required_filled

@@ -191,7 +191,8 @@ def prepare_customers(t: ir.Table, *, customer_id_col: str = "customer_id",
                              abbreviated (street -> st)
         city, postcode, national_id   trimmed and case-folded
 
-    Only the fields whose source columns exist are produced. ``phones`` (the
+    Records without an id are left out. Only the fields whose source
+    columns exist are produced. ``phones`` (the
     output of :func:`crmlab.quality.normalise_phones` with
     ``keep=[customer_id_col]``) saves parsing the phones a second time.
 
@@ -207,6 +208,9 @@ def prepare_customers(t: ir.Table, *, customer_id_col: str = "customer_id",
     if customer_id_col not in t.columns:
         raise DataContractError("customers table has no id column", table="customers",
                                 column=customer_id_col, check="dedupe")
+    # a record without an id (a spreadsheet's row of empty cells) is no
+    # customer: validation quarantines it, and it is nobody's duplicate
+    t = t.filter(~quality._blank(t[customer_id_col]))
     # stage 1: every field cleaned once per row (each stage is a projection
     # of the one before, so a value used several times is computed once)
     titles = cfg.get("name_titles", [])

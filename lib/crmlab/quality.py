@@ -814,9 +814,12 @@ def run_checks(t: ir.Table, checks: Sequence[Check], *, row_col: str = "_row",
             aggs[name] = (flags[col].cast("int64").sum() if col in per_row
                           else ibis.ifelse(e.fill_null(False), n_rows, 0))  # constant rule
         if list_rows and c.defect and f"f{i}" in per_row:
-            aggs[f"r{i}"] = flags._r.collect(where=flags[f"f{i}"])
+            # rows and keys in one order, a missing key kept as NULL (a row of
+            # empty cells has none), so the two arrays stay aligned
+            aggs[f"r{i}"] = flags._r.collect(where=flags[f"f{i}"], order_by=flags._r)
             if has_key:
-                aggs[f"k{i}"] = flags._k.collect(where=flags[f"f{i}"])
+                aggs[f"k{i}"] = flags._k.collect(where=flags[f"f{i}"], order_by=flags._r,
+                                                 include_null=True)
             listed.append(i)
     got = flags.aggregate(**aggs).to_pyarrow()
     value = {name: got.column(name)[0].as_py() for name in got.column_names
