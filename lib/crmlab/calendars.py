@@ -5,63 +5,76 @@ and the forecasting models (which use them as regressors), so the two can
 never disagree about when Singles' Day falls.
 
 Calendars are data: ``EVENTS`` maps a calendar name to its events, each a
-rule that yields one date per year. ``"cn"`` holds the Chinese retail year,
-``"western"`` the US/European one, ``"both"`` their union.
+rule that yields the event's date in a year (or None when there is none
+that year). ``"cn"`` holds the Chinese retail year, ``"western"`` the
+US/European one, ``"both"`` their union.
+
+Holidays whose date takes a calendar of its own come from the ``holidays``
+package: Chinese New Year from the Chinese lunisolar calendar of
+``holidays.China`` (which starts in 1950: earlier years have no Chinese New
+Year here), Thanksgiving -- and with it Black Friday and Cyber Monday --
+from ``holidays.US`` (the fourth Thursday of November, with its history:
+the last Thursday before 1939, Franklin's next-to-last 1939-41). Easter is
+``dateutil``'s Western Easter; the shopping festivals (618, Singles' Day,
+Double 12) and the other fixed days are rules here. Every year the
+libraries know works; a year in which an event has no date simply lacks
+that event.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Iterable
+import functools
+from typing import Callable, Iterable, Optional
 
+import holidays as holidays_lib
 import pandas as pd
 from dateutil.easter import easter
 
-# Chinese New Year (first day of the Spring Festival), from the Chinese
-# lunisolar calendar as published by the Purple Mountain Observatory.
-CHINESE_NEW_YEAR: dict[int, str] = {
-    2015: "2015-02-19", 2016: "2016-02-08", 2017: "2017-01-28", 2018: "2018-02-16",
-    2019: "2019-02-05", 2020: "2020-01-25", 2021: "2021-02-12", 2022: "2022-02-01",
-    2023: "2023-01-22", 2024: "2024-02-10", 2025: "2025-01-29", 2026: "2026-02-17",
-    2027: "2027-02-06", 2028: "2028-01-26", 2029: "2029-02-13", 2030: "2030-02-03",
-    2031: "2031-01-23", 2032: "2032-02-11", 2033: "2033-01-31", 2034: "2034-02-19",
-    2035: "2035-02-08",
-}
+# the names the holidays package gives the days taken from it (its English
+# catalogue, asked for explicitly so the default language never matters)
+CNY_NAME = "Chinese New Year (Spring Festival)"
+THANKSGIVING_NAME = "Thanksgiving Day"
+
+Rule = Callable[[int], Optional[dt.date]]
 
 
-def _fixed(month: int, day: int) -> Callable[[int], dt.date]:
+def _fixed(month: int, day: int) -> Rule:
     return lambda year: dt.date(year, month, day)
 
 
-def _nth_weekday(month: int, weekday: int, n: int) -> Callable[[int], dt.date]:
-    """The n-th given weekday (Mon=0) of a month; n=-1 for the last."""
-    def rule(year: int) -> dt.date:
-        if n > 0:
-            first = dt.date(year, month, 1)
-            return first + dt.timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
-        nxt = dt.date(year + (month == 12), month % 12 + 1, 1)
-        last = nxt - dt.timedelta(days=1)
-        return last - dt.timedelta(days=(last.weekday() - weekday) % 7)
-    return rule
+def _offset(rule: Rule, days: int) -> Rule:
+    def shifted(year: int) -> dt.date | None:
+        day = rule(year)
+        return None if day is None else day + dt.timedelta(days=days)
+    return shifted
 
 
-def _offset(rule: Callable[[int], dt.date], days: int) -> Callable[[int], dt.date]:
-    return lambda year: rule(year) + dt.timedelta(days=days)
+@functools.lru_cache(maxsize=512)
+def _library_day(country: str, name: str, year: int) -> dt.date | None:
+    """The first day of ``year`` that the holidays package names ``name``
+    (observed and substitute days carry other names), or None."""
+    if not 1 <= year <= 9998:
+        return None
+    cal = holidays_lib.country_holidays(country, years=year, language="en_US")
+    days = [d for d in cal.get_named(name, lookup="exact", split_multiple_names=True) if d.year == year]
+    return min(days) if days else None
 
 
-def _cny(year: int) -> dt.date:
-    try:
-        return dt.date.fromisoformat(CHINESE_NEW_YEAR[year])
-    except KeyError:
-        raise ValueError(f"Chinese New Year is tabulated for {min(CHINESE_NEW_YEAR)}-"
-                         f"{max(CHINESE_NEW_YEAR)} only, not {year}") from None
+def _cny(year: int) -> dt.date | None:
+    """Chinese New Year (first day of the Spring Festival), from the Chinese
+    lunisolar calendar of ``holidays.China``; None before 1950."""
+    return _library_day("CN", CNY_NAME, year)
 
 
-_thanksgiving = _nth_weekday(11, 3, 4)
+def _thanksgiving(year: int) -> dt.date | None:
+    """US Thanksgiving Day as ``holidays.US`` dates it."""
+    return _library_day("US", THANKSGIVING_NAME, year)
+
 
 # name -> (rule giving the date in a year, days before, days after): the
 # window around the day in which sales move.
-EVENTS: dict[str, dict[str, tuple[Callable[[int], dt.date], int, int]]] = {
+EVENTS: dict[str, dict[str, tuple[Rule, int, int]]] = {
     "cn": {
         "chinese_new_year": (_cny, 7, 7),
         "womens_day_38": (_fixed(3, 8), 0, 0),
@@ -98,6 +111,7 @@ def holidays(years: Iterable[int], calendar: str = "both", *, windows: bool = Fa
     -------
     pandas.DataFrame
         Columns ``date`` (datetime64), ``name``, ``offset`` (0 on the day).
+        An event without a date in a year (see the module) has no rows there.
 
     Examples
     --------
@@ -110,6 +124,8 @@ def holidays(years: Iterable[int], calendar: str = "both", *, windows: bool = Fa
     for year in years:
         for name, (rule, before, after) in EVENTS[calendar].items():
             day = rule(year)
+            if day is None:   # no such day that year (Chinese New Year before 1950)
+                continue
             offsets = range(-before, after + 1) if windows else (0,)
             rows.extend((day + dt.timedelta(days=o), name, o) for o in offsets)
     out = pd.DataFrame(rows, columns=["date", "name", "offset"])
