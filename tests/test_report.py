@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -221,6 +225,70 @@ def test_cjk_labels_render_without_missing_glyphs(recwarn):
     fig.canvas.draw()
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
     plt.close("all")
+
+
+def _chinese_font_files() -> set[str]:
+    """Fontconfig's Chinese fonts (else Debian's Noto CJK files)."""
+    fc = shutil.which("fc-list")
+    out = subprocess.run([fc, ":lang=zh", "file"], capture_output=True, text=True).stdout if fc else ""
+    files = {line.strip().rstrip(":") for line in out.splitlines() if line.strip()}
+    files = files or {str(p) for p in Path("/usr/share/fonts").rglob("Noto*CJK*")}
+    if not files:
+        pytest.fail("no Chinese font is installed: .ci/run installs Debian's fonts-noto-cjk")
+    return files
+
+
+# matplotlib's font cache, written without the fonts given as arguments
+_STALE_CACHE = """
+import sys
+import matplotlib
+from pathlib import Path
+from matplotlib import font_manager as fm
+hidden = set(sys.argv[1:])
+fm.fontManager.ttflist = [f for f in fm.fontManager.ttflist if f.fname not in hidden]
+fm.json_dump(fm.fontManager, Path(matplotlib.get_cachedir()) / f"fontlist-v{fm.FontManager.__version__}.json")
+"""
+
+# Chinese labels through the theme: warnings, and the font each glyph is drawn with
+_DRAW_CHINESE = """
+import json
+import warnings
+import matplotlib
+matplotlib.use("Agg")
+import pandas as pd
+from matplotlib import font_manager as fm
+from crmlab import charts
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    fig = charts.bar(pd.Series({"杭州市": 3, "上海市": 2}), title="Customers by city")
+    fig.canvas.draw()
+
+def drawn_with(char):
+    # matplotlib >= 3.6 draws each glyph with the first family of font.family that has it
+    for family in matplotlib.rcParams["font.family"]:
+        path = fm.findfont(fm.FontProperties(family=family), fallback_to_default=False)
+        if fm.get_font(path).get_char_index(ord(char)):
+            return family, path
+    return None, None
+
+print(json.dumps({"warnings": [str(w.message) for w in caught if "missing from font" in str(w.message)],
+                  "chinese": drawn_with("杭"), "latin": drawn_with("C")}))
+"""
+
+
+def test_cjk_font_found_when_matplotlibs_font_cache_predates_it(tmp_path):
+    # fonts-noto-cjk installed after matplotlib first built its font cache:
+    # the cache does not list the CJK fonts, fontconfig does
+    hidden = _chinese_font_files()
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    subprocess.run([sys.executable, "-c", _STALE_CACHE, *sorted(hidden)], env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", _DRAW_CHINESE], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["warnings"] == []
+    family, path = got["chinese"]
+    assert path in hidden and "CJK" in family, got
+    assert got["latin"][0] == "DejaVu Sans", "Latin text keeps its own font"
 
 
 def test_sparkline_shape():

@@ -3,7 +3,9 @@
 Call :func:`use_theme` once (``Report`` does it); the helpers then return
 matplotlib figures that ``Report.section(figure=...)`` inlines into the page.
 Fonts fall back to Noto Sans CJK (Debian ``fonts-noto-cjk``) for glyphs the
-Latin font lacks, so Chinese city and segment names render.
+Latin font lacks, so Chinese city and segment names render. When matplotlib's
+font cache was built before the CJK fonts were installed, the theme finds
+their files (fontconfig, else the usual font directories) and registers them.
 
 Examples
 --------
@@ -16,10 +18,14 @@ Examples
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import math
+import shutil
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,8 +40,16 @@ COLORS: dict[str, str] = {
     "neutral": "#6b7280", "band": "#0072B2", "grid": "#e5e7eb",
 }
 # first font that has a glyph wins (matplotlib >= 3.6 falls back per glyph)
-FONTS: list[str] = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
-                    "Microsoft YaHei", "PingFang SC", "Arial Unicode MS", "sans-serif"]
+CJK_FONTS: list[str] = ["Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC",
+                        "Source Han Sans CN", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+                        "Microsoft YaHei", "PingFang SC", "Arial Unicode MS"]
+FONTS: list[str] = ["DejaVu Sans", *CJK_FONTS, "sans-serif"]
+# where CJK font files are looked for when fontconfig's fc-list is missing
+FONT_DIRS: list[str] = ["/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts",
+                        "~/.fonts", "/Library/Fonts", "/System/Library/Fonts"]
+CJK_FONT_FILES: list[str] = ["NotoSansCJK*", "NotoSerifCJK*", "SourceHanSans*", "SourceHanSerif*",
+                             "wqy-*", "PingFang*"]
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
 THEME_RC: dict[str, object] = {
     "figure.figsize": (8.0, 4.0),
     "figure.dpi": 110,
@@ -67,12 +81,61 @@ THEME_RC: dict[str, object] = {
 }
 
 
+def chinese_font_files() -> list[str]:
+    """Installed font files that cover Chinese, sans-serif files first.
+
+    What fontconfig lists for ``:lang=zh``; without ``fc-list`` (or when it
+    lists none), the files named like Noto/Source Han/WenQuanYi CJK fonts
+    under :data:`FONT_DIRS`.
+    """
+    paths: set[str] = set()
+    fc_list = shutil.which("fc-list")
+    if fc_list:
+        # a missing or hanging fontconfig only means: look in the directories
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([fc_list, ":lang=zh", "file"], capture_output=True, text=True,
+                                 timeout=20).stdout
+            paths = {line.strip().rstrip(":") for line in out.splitlines() if line.strip()}
+    if not paths:
+        for root in FONT_DIRS:
+            for pattern in CJK_FONT_FILES:
+                paths.update(str(p) for p in Path(root).expanduser().rglob(pattern))
+    files = [p for p in paths if p.lower().endswith(FONT_SUFFIXES) and Path(p).is_file()]
+    return sorted(files, key=lambda p: ("Sans" not in Path(p).name, p))
+
+
+def _register_cjk_fonts(font_manager) -> list[str]:
+    """Add the Chinese font files to matplotlib's font manager; returns the
+    families they bring, sans-serif before serif and monospace."""
+    manager = font_manager.fontManager
+    before = len(manager.ttflist)
+    for path in chinese_font_files():
+        # an unreadable font file is skipped, as matplotlib's own cache build does
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            manager.addfont(path)
+    names = {f.name for f in manager.ttflist[before:]}
+    return sorted(names, key=lambda n: ("Serif" in n or "Mono" in n, n))
+
+
 @functools.lru_cache(maxsize=1)
 def _installed_fonts() -> list[str]:
+    """The theme's font families that matplotlib can use: the Latin font
+    first, then a CJK font for the glyphs it lacks.
+
+    matplotlib's font cache is written once; when ``fonts-noto-cjk`` (or
+    another CJK font) was installed after it, the cache knows no CJK
+    family and Chinese labels would be drawn as boxes. Then the installed
+    CJK files are registered for this process."""
     from matplotlib import font_manager
 
     have = {f.name for f in font_manager.fontManager.ttflist}
-    return [f for f in FONTS if f in have] or ["sans-serif"]
+    extra: list[str] = []
+    if not have & set(CJK_FONTS):
+        added = _register_cjk_fonts(font_manager)
+        have.update(added)
+        if not set(added) & set(CJK_FONTS):  # a CJK family the list does not name
+            extra = added
+    return [f for f in [*FONTS, *extra] if f in have] or ["sans-serif"]
 
 
 def use_theme() -> None:
