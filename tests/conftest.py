@@ -257,10 +257,11 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(directory: Path):
-    """Serve a directory on a free localhost port; yields the base URL."""
+def serve(directory: Path, handler: type = _QuietHandler):
+    """Serve a directory on a free localhost port; yields the base URL.
+    ``handler``: a subclass of the quiet request handler (a slow server)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(_QuietHandler, directory=str(directory)))
+                                 functools.partial(handler, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
