@@ -4,6 +4,7 @@ and the counting rules on tiny contact tables."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 
@@ -628,11 +629,31 @@ def test_as_of_leaves_out_later_campaigns():
 # the page: parameters, selection, totals, tables and charts
 # --------------------------------------------------------------------------
 
-def test_paid_orders_keep_paid_and_unknown_status():
-    t = _tbl(pd.DataFrame({"order_id": [1, 2, 3, 4], "status": [" Paid ", "refunded", None, "cancelled"]}))
-    assert sorted(cp.paid_orders(t).to_pandas().order_id) == [1, 3]
-    assert len(cp.paid_orders(t, paid_statuses=None).to_pandas()) == 4
-    assert len(cp.paid_orders(_tbl(pd.DataFrame({"order_id": [1]}))).to_pandas()) == 1
+STATUS_ORDERS = pd.DataFrame({
+    "order_id": range(1, 8),
+    "customer_id": [1, 2, 3, 4, 5, 6, 3],
+    "order_date": pd.to_datetime(["2024-01-05", "2024-02-05", "2024-03-05", "2024-04-05", "2024-05-05",
+                                  "2024-06-05", "2024-06-06"]),
+    "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1.0],
+    "status": [" Paid ", None, "shipped", "refunded", " Cancelled ", "COMPLETED", "canceled"],
+})
+
+
+def test_a_purchase_means_what_the_engine_says():
+    from crmlab import engine
+
+    data = FakeData(orders=STATUS_ORDERS)
+    totals = engine.purchase_totals(data.table("orders"))
+    assert totals == {"purchase_revenue": 390.0, "purchasing_customers": 4}   # paid, missing, shipped, completed
+    orders = cp.purchase_orders(data)
+    assert sorted(orders.to_pandas().order_id) == [1, 2, 3, 6]
+    feats = cp.customer_features(orders, as_of=cp.snapshot_date(data), pre_days=3660).to_pandas()
+    assert feats["pre_spend"].sum() == totals["purchase_revenue"]
+    assert int((feats["pre_orders"] > 0).sum()) == totals["purchasing_customers"]
+    # as_of cuts the orders at the end of that day
+    early = cp.purchase_orders(data, "2024-02-05").to_pandas()
+    assert sorted(early.order_id) == [1, 2]
+    assert cp.purchase_orders(FakeData(campaigns=pd.DataFrame({"campaign_id": ["A"]}))) is None
 
 
 @pytest.mark.parametrize("name, value", [("margin", 1.5), ("alpha", 0.6), ("correction", "sidak"),
@@ -738,9 +759,11 @@ def test_segment_profile_describes_each_verdict():
 def test_snapshot_date():
     data = FakeData(orders=pd.DataFrame({"customer_id": [1, 2], "amount": [1.0, 2.0],
                                          "order_date": pd.to_datetime(["2026-01-02 08:00", "2026-03-04 10:00"])}))
-    assert cp.snapshot_date(data, "") == "2026-03-04"
-    assert cp.snapshot_date(data, "2025-12-31") == "2025-12-31"
+    assert cp.snapshot_date(data, "") == dt.date(2026, 3, 4)
+    assert cp.snapshot_date(data, "2025-12-31") == dt.date(2025, 12, 31)
     assert cp.snapshot_date(FakeData(campaigns=pd.DataFrame({"campaign_id": ["A"]}))) is None
+    with pytest.raises(ParameterError, match="as_of"):
+        cp.snapshot_date(data, "last tuesday")
 
 
 def test_sample_contacts_keeps_the_same_customers_per_campaign():

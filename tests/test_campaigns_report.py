@@ -226,7 +226,7 @@ def test_the_uplift_model_beats_random_targeting_on_a_heterogeneous_campaign(dem
     tc = pd.read_parquet(world / "truth" / "contacts.parquet")
     tc = tc[tc.campaign_id == best.campaign_id]
     feats = cp.customer_features(
-        cp.paid_orders(_demo_data().table("orders")), _demo_data().table("customers"),
+        cp.purchase_orders(_demo_data()), _demo_data().table("customers"),
         as_of=a.campaigns.set_index("campaign_id").loc[best.campaign_id, "start_date"]
         - pd.Timedelta(days=1), order_lines=_demo_data().table("order_lines")).to_pandas()
     feats = feats[feats.customer_id.isin(tc.customer_id)]

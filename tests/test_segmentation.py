@@ -147,8 +147,37 @@ def test_rfm_values_by_hand(tiny):
     assert by_days["frequency"].tolist() == [1, 2, 1] == by_days["n_days"].tolist()   # distinct purchase days
     with pytest.raises(ParameterError, match="frequency"):
         seg.rfm_table(orders, AS_OF, frequency="visits")
-    everything = seg.rfm_table(orders, AS_OF, paid_statuses=None).to_pandas().set_index("customer_id")
-    assert everything.loc[2, "monetary"] == 110.0 and 4 in everything.index
+
+
+def _status_orders(con, name="status_orders"):
+    """One order per status spelling: what is a purchase is decided by
+    crmlab.engine.purchases alone (refunded/cancelled are not)."""
+    orders = pd.DataFrame({
+        "order_id": range(1, 8),
+        "customer_id": [1, 2, 3, 4, 5, 6, 3],
+        "order_date": pd.to_datetime(["2024-01-05", "2024-02-05", "2024-03-05", "2024-04-05", "2024-05-05",
+                                      "2024-06-05", "2024-06-06"]),
+        "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1.0],
+        "status": ["paid", None, "shipped", "refunded", " Cancelled ", "COMPLETED", "canceled"],
+    })
+    return con.create_table(name, orders, overwrite=True)
+
+
+def test_a_purchase_means_what_the_engine_says(con):
+    from crmlab import engine
+
+    orders = _status_orders(con)
+    totals = engine.purchase_totals(orders, AS_OF)
+    assert totals == {"purchase_revenue": 390.0, "purchasing_customers": 4}   # paid, missing, shipped, completed
+    cust = seg.customer_table(orders, AS_OF)
+    assert cust["monetary"].sum() == totals["purchase_revenue"]
+    assert len(cust) == totals["purchasing_customers"]
+    rfm = seg.rfm_table(orders, AS_OF).to_pandas()
+    assert rfm["monetary"].sum() == totals["purchase_revenue"] and len(rfm) == 4
+    summary = engine.customer_summary(engine.purchases(orders), AS_OF).to_pandas().set_index("customer_id")
+    got = cust.set_index("customer_id")
+    assert got["n_orders"].to_dict() == summary["n_orders"].to_dict()
+    assert got["monetary"].to_dict() == summary["revenue"].to_dict()
 
 
 def test_rfm_default_as_of_is_latest_order(tiny):

@@ -93,6 +93,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import (confint_proportions_2indep, proportion_confint,
                                           test_proportions_2indep)
 
+from crmlab import engine
 from crmlab.config import DEFAULT_SEED, MIN_GROUP_SIZE
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 from crmlab import uplift as _uplift
@@ -168,10 +169,6 @@ QUASI_DESIGNS: dict[str, dict[str, str]] = {
     },
 }
 
-# orders with these statuses are purchases (a null status counts as paid), as in
-# the other reports: a refunded or cancelled order is not a purchase
-PAID_STATUSES: tuple[str, ...] = ("paid",)
-
 UPLIFT_FEATURES: tuple[str, ...] = ("pre_orders", "pre_spend", "pre_aov", "recency_days",
                                     "tenure_days", "pre_discount_share", "order_channel", "age",
                                     "gender", "region", "acquisition_channel")
@@ -246,16 +243,18 @@ def _fmt_p(p: float) -> str:
 # campaigns and engine-side aggregation
 # --------------------------------------------------------------------------
 
-def paid_orders(orders: ir.Table, *, status_col: str = "status",
-                paid_statuses: Sequence[str] | None = PAID_STATUSES) -> ir.Table:
-    """The orders that are purchases: where ``status_col`` exists, those whose
-    status (trimmed, lower-cased) is in ``paid_statuses`` or missing; else
-    every order. ``paid_statuses=None`` keeps every order. Same columns."""
-    if paid_statuses is None or status_col not in orders.columns:
-        return orders
-    status = orders[status_col].cast("string").strip().lower()
-    return orders.filter(status.isin([str(v).strip().lower() for v in paid_statuses])
-                         | status.isnull())
+def purchase_orders(data, as_of: str | dt.date | None = None) -> ir.Table | None:
+    """The orders the report reads: the purchases of ``data`` (the one
+    meaning, :func:`crmlab.engine.purchases`: refunded and cancelled orders
+    are not purchases; paid, missing and other status words are) up to the
+    end of the snapshot date (:func:`crmlab.engine.snapshot_date`). None
+    when ``data`` has no orders table. Same columns as ``orders``."""
+    if not data.has("orders"):
+        return None
+    orders = data.table("orders")
+    day = engine.snapshot_date(orders, as_of)
+    t = engine.purchases(orders)
+    return t.filter(t["order_date"] <= engine.as_of_literal(day))
 
 
 CAMPAIGN_COLUMNS = ("campaign_id", "name", "channel", "start_date", "end_date", "cost",
@@ -1548,7 +1547,7 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
                      pre_days: int = 365, n_neighbors: int = 5, max_pool: int = 50_000,
                      max_treated: int | None = 25_000, exact: Sequence[str] = ("country",),
                      min_pool: int = int(CHECKS["min_pool"]), alpha: float = 0.05,
-                     seed: int = DEFAULT_SEED, last_order=None, n_customers: int | None = None,
+                     seed: int = DEFAULT_SEED, n_customers: int | None = None,
                      campaign_id_col: str = "campaign_id",
                      customer_id_col: str = "customer_id", group_col: str = "group",
                      date_col: str = "order_date", amount_col: str = "amount") -> dict:
@@ -1556,7 +1555,9 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     a control group.
 
     The window ``L`` is the campaign's length plus ``attribution_days``
-    (or ``window_days``), shortened if the data ends earlier. The
+    (or ``window_days``), shortened if the data ends earlier (at the end of
+    the snapshot date, :func:`crmlab.engine.snapshot_date`: ``as_of``, else
+    the newest order). The
     contacted customers are compared with matched customers who were not
     contacted -- neither by this campaign nor as treatment of another
     campaign running in ``[start - 2L, start + L)`` -- by
@@ -1568,8 +1569,8 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     orders are aggregated) and at most ``max_treated`` contacted customers
     (seeded sample) enter the matching. With fewer than ``min_pool``
     candidates, the fallback is :func:`interrupted_time_series` on the
-    contacted customers' daily orders. ``last_order`` (the newest order
-    date) and ``n_customers`` save a query each when the caller knows them.
+    contacted customers' daily orders. ``n_customers`` saves a query when
+    the caller knows it.
 
     Returns
     -------
@@ -1587,9 +1588,8 @@ def quasi_experiment(campaign_id, contacts: ir.Table, campaigns: pd.DataFrame, o
     length = (pd.Timestamp(end) - start).days + 1 if pd.notna(end) else 1
     L = int(window_days or max(length, 1) + attribution_days)
     notes = []
-    last = orders[date_col].max().execute() if last_order is None and not as_of else last_order
-    limit = pd.Timestamp(as_of) + pd.Timedelta(days=1) if as_of else pd.Timestamp(last)
-    if limit is not None and start + pd.Timedelta(days=L) > limit:
+    limit = pd.Timestamp(engine.snapshot_date(orders, as_of, date_col=date_col)) + pd.Timedelta(days=1)
+    if start + pd.Timedelta(days=L) > limit:
         L_new = int((limit - start).days)
         if L_new < 7:
             raise NoDataError(f"campaign {campaign_id}: fewer than 7 days of orders after its start")
@@ -2168,17 +2168,13 @@ PARAMETER_RULES: dict[str, tuple[Any, str]] = {
 }
 
 
-def snapshot_date(data, as_of: str | dt.date | None = None) -> str | None:
-    """The report's as-of date as ``YYYY-MM-DD``: ``as_of`` when given, else
-    the latest order date of ``data`` (None without orders)."""
-    from crmlab.engine import latest_order_date
-
-    if as_of not in (None, ""):
-        return str(pd.Timestamp(as_of).date())
+def snapshot_date(data, as_of: str | dt.date | None = None) -> dt.date | None:
+    """The report's snapshot date: :func:`crmlab.engine.snapshot_date` of
+    ``data``'s orders (``as_of`` when given, else the newest order date);
+    ``as_of`` alone (None when empty) for data without an orders table."""
     if not data.has("orders"):
-        return None
-    last = latest_order_date(data.table("orders"))
-    return None if last is None or pd.isna(last) else str(pd.Timestamp(last).date())
+        return engine.parse_as_of(as_of)
+    return engine.snapshot_date(data.table("orders"), as_of)
 
 
 def check_parameters(**params) -> dict:
@@ -2370,14 +2366,12 @@ class CampaignAnalysis:
         beat random targeting), with features measured as of ``as_of``
         (default: the analysis' as_of, else the latest order) exactly as they
         were for the contacts. See :func:`uplift_targets`."""
-        from crmlab.engine import latest_order_date
-
         usable = [r for r in self.uplift.values()
                   if r.fitted and (r.better_than_random or not only_better_than_random)]
         if not usable:
             return uplift_targets({}, pd.DataFrame())
-        orders = paid_orders(data.table("orders"), paid_statuses=self.params.get("paid_statuses"))
-        when = as_of or self.params.get("as_of") or latest_order_date(orders)
+        when = snapshot_date(data, as_of or self.params.get("as_of"))
+        orders = purchase_orders(data, when)
         feats = customer_features(
             orders, data.table("customers") if data.has("customers") else None, as_of=when,
             order_lines=(data.table("order_lines")
@@ -2732,7 +2726,6 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
             uplift_campaigns: Sequence | str | None = None, max_uplift_rows: int = 100_000,
             max_check_rows: int | None = 20_000,
             max_uplift_models: int | None = 3, n_permutations: int = 200,
-            paid_statuses: Sequence[str] | None = PAID_STATUSES,
             seed: int = DEFAULT_SEED) -> CampaignAnalysis:
     """Run every section of the campaigns report on a ``Dataset``.
 
@@ -2745,7 +2738,8 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
         quasi-experiments and uplift.
     as_of : date, optional
         Campaigns starting after it are left out; orders after it are not
-        used.
+        used. The orders are the purchases up to the snapshot date
+        (:func:`purchase_orders`).
     margin, alpha, correction, power, n_boot, pre_days, control_from,
     uplift_method, max_uplift_rows, n_permutations, seed
         See the section functions.
@@ -2768,9 +2762,6 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
         At most this many uplift models (None: one per sound randomised
         campaign; 0: none). Each costs about a second at 10,000 contacts;
         ``max_uplift_rows`` caps the contacts one model learns from.
-    paid_statuses : sequence of str, optional
-        Order statuses that count as purchases (see :func:`paid_orders`);
-        None counts every order.
     quasi, uplift : bool
         Run the slower sections.
 
@@ -2792,12 +2783,12 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
                      n_boot=n_boot, pre_days=pre_days, seed=seed)
     if isinstance(uplift_campaigns, str):
         uplift_campaigns = [uplift_campaigns] if uplift_campaigns.strip() else None
-    params = {"as_of": str(as_of)[:10] if as_of not in (None, "") else None, "margin": margin,
+    day = engine.parse_as_of(as_of)
+    params = {"as_of": day.isoformat() if day else None, "margin": margin,
               "alpha": alpha, "correction": correction, "power": power,
               "target_uplift": target_uplift, "relative_target": relative_target,
               "n_boot": n_boot, "pre_days": pre_days, "seed": seed,
-              "control_from": dict(control_from or {}), "order_lines": False,
-              "paid_statuses": None if paid_statuses is None else list(paid_statuses)}
+              "control_from": dict(control_from or {}), "order_lines": False}
     currency = str((getattr(data, "world", None) or {}).get("currency") or "")
     clock = _Clock()
     notes: dict[str, str] = {}
@@ -2808,12 +2799,8 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
         return _empty_analysis(params, currency)
     contacts = data.table("campaign_contacts")
     camp_t = data.table("campaigns") if data.has("campaigns") else None
-    orders = data.table("orders") if data.has("orders") else None
-    if orders is not None:
-        orders = paid_orders(orders, paid_statuses=paid_statuses)
-        if params["as_of"]:
-            cutoff = pd.Timestamp(params["as_of"]) + pd.Timedelta(days=1)
-            orders = orders.filter(orders["order_date"] < cutoff.to_pydatetime())
+    snapshot = snapshot_date(data, day)
+    orders = purchase_orders(data, snapshot)
     customers = data.table("customers") if data.has("customers") else None
     lines = data.table("order_lines") if data.has("order_lines") else None
     info = campaign_info(camp_t)
@@ -2879,14 +2866,12 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
         needs["quasi"] = [x for x, ok in (("orders", orders is not None),
                                           ("campaigns.start_date", has_start)) if not ok]
     elif quasi and no_control:
-        last = None if params["as_of"] else orders["order_date"].max().execute()
         n_cust = int(customers.count().execute()) if customers is not None else None
         for cid in no_control:
             try:
                 q_out.append(quasi_experiment(cid, contacts, info, orders, customers,
-                                              as_of=params["as_of"], pre_days=pre_days,
-                                              alpha=alpha, seed=seed, last_order=last,
-                                              n_customers=n_cust))
+                                              as_of=snapshot, pre_days=pre_days,
+                                              alpha=alpha, seed=seed, n_customers=n_cust))
             except (NoDataError, DataContractError) as exc:
                 q_out.append({"campaign_id": cid, "error": str(exc)})
     clock.lap("quasi-experiments")

@@ -20,19 +20,21 @@ headings, formats, small groups merged) and the ``*_chart`` functions draw
 with :mod:`crmlab.charts`. ``missing_inputs`` names what a section lacks for
 ``Report.not_available``.
 
-Definitions (as of the snapshot date ``as_of``; orders after it are ignored;
-when ``orders.status`` exists only paid orders count -- a refunded or
-cancelled order is not a purchase -- and a missing status counts as paid):
+Definitions (as of the snapshot date ``as_of`` of :func:`crmlab.engine.snapshot_date`;
+orders after it are ignored; only purchases count, in the one meaning of
+:func:`crmlab.engine.purchases`: a refunded or cancelled order is not a
+purchase, and a missing status, ``paid`` and any other status word are;
+the per-customer figures come from :func:`crmlab.engine.customer_summary`):
 
 recency
     days from the last purchase day to ``as_of`` (0 = bought on the as-of day).
 frequency
-    paid orders (the usual count of RFM); ``frequency="days"`` counts
+    purchases (the usual count of RFM); ``frequency="days"`` counts
     distinct purchase days instead (same-day orders are one purchase, as in
     the buy-till-you-die models of the lifecycle report) -- a distinct count
     per customer, which costs about half again the engine's time at scale.
 monetary
-    total paid revenue (sum of ``amount``, which is after discount).
+    total purchase revenue (sum of ``amount``, which is after discount).
 scores
     1-5 by quantiles of rank, ties kept together: a customer's score is
     ``1 + floor(5 * share of customers strictly worse)``. So score 4 means
@@ -82,13 +84,10 @@ from sklearn.metrics import pairwise_distances
 from threadpoolctl import threadpool_limits
 
 from crmlab import config
-from crmlab.engine import as_of_literal, latest_order_date
+from crmlab.engine import as_of_literal, customer_summary, purchases, snapshot_date
 from crmlab.exceptions import NoDataError, ParameterError
 
 RULES_PATH = Path(__file__).with_name("segments.yaml")
-
-# orders with these statuses are purchases (a null status counts as paid)
-PAID_STATUSES: tuple[str, ...] = ("paid",)
 
 # exports/segments.csv, in this order (issue 4)
 EXPORT_COLUMNS: tuple[str, ...] = (
@@ -240,37 +239,10 @@ def dataset_tables(data) -> dict[str, ir.Table]:
     return out
 
 
-def resolve_as_of(orders: ir.Table, as_of: str | dt.date | None = None, *,
-                  date_col: str = "order_date") -> dt.date:
-    """The snapshot date: ``as_of`` as a date, or the latest order date when
-    it is empty. Raises ParameterError for an unreadable date."""
-    if as_of in (None, ""):
-        return latest_order_date(orders, date_col=date_col)
-    if isinstance(as_of, dt.datetime):
-        return as_of.date()
-    if isinstance(as_of, dt.date):
-        return as_of
-    try:
-        return dt.date.fromisoformat(str(as_of)[:10])
-    except ValueError:
-        raise ParameterError("as_of must be a date YYYY-MM-DD (parameter as_of)") from None
-
-
-def _purchases(orders: ir.Table, cutoff, *, date_col: str, status_col: str | None,
-               paid_statuses: Iterable[str] | None, start=None) -> ir.Table:
-    t = orders.filter(orders[date_col] <= cutoff)
-    if start is not None:
-        t = t.filter(t[date_col] > start)
-    if status_col and status_col in t.columns and paid_statuses is not None:
-        paid = {str(s).strip().lower() for s in paid_statuses}
-        levels = _raw_levels(orders, status_col)
-        if levels is None:  # free text: compared cleaned, row by row
-            status = _clean_text(t[status_col])
-            t = t.filter(status.isin(sorted(paid)) | status.isnull())
-        else:  # the raw spellings that clean to a paid status (or to nothing)
-            ok = levels["clean"].isna() | levels["clean"].isin(paid)
-            t = t.filter(_isin(t[status_col], levels.loc[ok, "raw"].tolist()))
-    return t
+def _purchases(orders: ir.Table, cutoff, *, date_col: str, status_col: str | None) -> ir.Table:
+    """The purchases (:func:`crmlab.engine.purchases`) up to ``cutoff``."""
+    t = purchases(orders, status_col=status_col) if status_col else orders
+    return t.filter(t[date_col] <= cutoff)
 
 
 # the holdout check samples customers beyond this many (rfm_holdout_check)
@@ -412,20 +384,15 @@ def _check_frequency(frequency: str) -> None:
         raise ParameterError(f"frequency must be 'orders' or 'days', not {frequency!r} (parameter frequency)")
 
 
-def _rfm_aggregates(t: ir.Table, *, date_col: str, amount_col: str, frequency: str = "orders",
-                    where=None) -> dict:
-    """The per-customer aggregates of RFM (``n_days`` only for
-    ``frequency="days"``: a distinct count is the costly part)."""
-    _check_frequency(frequency)
-    out = dict(
-        first_purchase=t[date_col].min(where=where),
-        last_purchase=t[date_col].max(where=where),
-        n_orders=t[date_col].count(where=where),
-        monetary=t[amount_col].sum(where=where),
-    )
-    if frequency == "days":
-        out["n_days"] = t[date_col].date().nunique(where=where)
-    return out
+def _rfm_summary(t: ir.Table, day: dt.date, *, customer_id_col: str, date_col: str,
+                 amount_col: str) -> ir.Table:
+    """The engine's per-customer summary (:func:`crmlab.engine.customer_summary`)
+    of the purchases ``t`` up to ``day``, with ``monetary`` for its revenue:
+    ``customer_id, first_purchase, last_purchase, n_orders, n_days, monetary``."""
+    summary = customer_summary(t, day, customer_id_col=customer_id_col, date_col=date_col,
+                               amount_col=amount_col)
+    return summary.select(customer_id_col, "first_purchase", "last_purchase", "n_orders", "n_days",
+                          monetary=summary.revenue)
 
 
 def _with_rfm(agg: ir.Table, day: dt.date, frequency: str) -> ir.Table:
@@ -439,7 +406,6 @@ def _with_rfm(agg: ir.Table, day: dt.date, frequency: str) -> ir.Table:
 
 
 def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency: str = "orders",
-              paid_statuses: Iterable[str] | None = PAID_STATUSES,
               customer_id_col: str = "customer_id", date_col: str = "order_date",
               amount_col: str = "amount", status_col: str | None = "status") -> ir.Table:
     """Recency, frequency and monetary value per customer, in the engine.
@@ -451,10 +417,11 @@ def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency
         first_purchase, last_purchase
 
     ``recency``/``tenure`` are days from the last/first purchase day to
-    ``as_of``; ``frequency`` is paid orders, or distinct purchase days
-    (``frequency="days"``, which adds ``n_days``); ``monetary`` is paid
-    revenue. Orders after ``as_of`` and non-paid orders are ignored (see the
-    module docstring).
+    ``as_of``; ``frequency`` is purchases, or distinct purchase days
+    (``frequency="days"``, which adds ``n_days``); ``monetary`` is purchase
+    revenue. Orders after ``as_of`` and refunded or cancelled orders are
+    ignored (see the module docstring); the figures are those of
+    :func:`crmlab.engine.customer_summary`.
 
     Parameters
     ----------
@@ -462,8 +429,6 @@ def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency
     as_of : str | date | None
         Snapshot date; empty = the latest order date.
     frequency : {"orders", "days"}
-    paid_statuses : iterable of str | None
-        Statuses that are purchases; ``None`` keeps every order.
 
     Returns
     -------
@@ -473,12 +438,11 @@ def rfm_table(orders: ir.Table, as_of: str | dt.date | None = None, *, frequency
     --------
     >>> rfm_table(data.table("orders"), "2026-06-30").to_pandas()  # doctest: +SKIP
     """
-    day = resolve_as_of(orders, as_of, date_col=date_col)
-    t = _purchases(orders, as_of_literal(day), date_col=date_col, status_col=status_col,
-                   paid_statuses=paid_statuses)
-    agg = t.group_by(customer_id_col).aggregate(**_rfm_aggregates(t, date_col=date_col, amount_col=amount_col,
-                                                                  frequency=frequency))
-    agg = _with_rfm(agg, day, frequency)
+    _check_frequency(frequency)
+    day = snapshot_date(orders, as_of, date_col=date_col)
+    t = _purchases(orders, as_of_literal(day), date_col=date_col, status_col=status_col)
+    agg = _with_rfm(_rfm_summary(t, day, customer_id_col=customer_id_col, date_col=date_col,
+                                 amount_col=amount_col), day, frequency)
     days = ["n_days"] if frequency == "days" else []
     return agg.select(customer_id_col, "recency", "frequency", "monetary", "n_orders", *days,
                       "tenure", "first_purchase", "last_purchase")
@@ -488,7 +452,6 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
                    order_lines: ir.Table | None = None, products: ir.Table | None = None,
                    customers: ir.Table | None = None, interactions: ir.Table | None = None,
                    tickets: ir.Table | None = None, frequency: str = "orders",
-                   paid_statuses: Iterable[str] | None = PAID_STATUSES,
                    customer_id_col: str = "customer_id", date_col: str = "order_date",
                    amount_col: str = "amount", status_col: str | None = "status",
                    channel_col: str = "channel", discount_col: str = "discount",
@@ -536,33 +499,39 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
     Raises
     ------
     NoDataError
-        No paid order up to ``as_of``.
+        No purchase up to ``as_of``.
 
     Examples
     --------
     >>> cust = customer_table(**dataset_tables(data), as_of="2026-06-30")  # doctest: +SKIP
     """
     cid = customer_id_col
-    day = resolve_as_of(orders, as_of, date_col=date_col)
+    _check_frequency(frequency)
+    day = snapshot_date(orders, as_of, date_col=date_col)
     cutoff = as_of_literal(day)
-    t = _purchases(orders, cutoff, date_col=date_col, status_col=status_col, paid_statuses=paid_statuses)
-    aggs = _rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency)
+    t = _purchases(orders, cutoff, date_col=date_col, status_col=status_col)
+    # each part is its own query, merged here on the customer id: the engine
+    # holds one part's hash tables at a time (memory), and pandas joins
+    # million-row frames in well under a second
+    rfm = _with_rfm(_rfm_summary(t, day, customer_id_col=cid, date_col=date_col, amount_col=amount_col),
+                    day, frequency)
+    if frequency != "days":
+        rfm = rfm.drop("n_days")
+    parts: list[ir.Table] = [rfm]
+    aggs: dict = {}
     channels: list = []
     if channel_col and channel_col in t.columns:
         # the levels are read from all orders (one cached query), so the
         # choice of columns does not depend on as_of
         channels, code = _levels(orders, channel_col, max_channels, table=t)
         t = t.mutate(_ch=code)
-        aggs = _rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency)
         aggs["_ch_known"] = t._ch.count()
         for i in range(len(channels)):
             aggs[f"_ch{i}"] = t[date_col].count(where=t._ch == i)
     if discount_col and discount_col in t.columns:
         aggs["discount"] = t[discount_col].fill_null(0).sum()
-    # each part is its own query, merged here on the customer id: the engine
-    # holds one part's hash tables at a time (memory), and pandas joins
-    # million-row frames in well under a second
-    parts: list[ir.Table] = [_with_rfm(t.group_by(cid).aggregate(**aggs), day, frequency)]
+    if aggs:
+        parts.append(t.group_by(cid).aggregate(**aggs))
     categories: list = []
     if order_lines is not None and "order_id" in order_lines.columns and "order_id" in t.columns:
         lines = order_lines
@@ -610,7 +579,8 @@ def customer_table(orders: ir.Table, as_of: str | dt.date | None = None, *,
 
     df = parts[0].to_pandas()
     if df.empty:
-        raise NoDataError(f"table orders has no paid order up to {day.isoformat()} (check as_of)")
+        raise NoDataError(f"table orders has no purchase (an order not refunded or cancelled) up to "
+                          f"{day.isoformat()} (check as_of)")
     df = df.drop_duplicates(cid)
     for part in parts[1:]:
         extra = part.to_pandas()
@@ -1966,11 +1936,12 @@ def transitions(previous: pd.DataFrame, current: pd.DataFrame, *, id_col: str = 
 def order_dates(orders: ir.Table, as_of: str | dt.date | None = None, *,
                 date_col: str = "order_date") -> dict:
     """The dates a run needs, from one engine query (which also profiles the
-    statuses and channels for :func:`customer_table`).
+    channels for :func:`customer_table`) and the snapshot date.
 
     Returns ``{"as_of", "first", "latest"}`` as dates: the snapshot
-    (``as_of``, or the latest order date when empty), and the first and the
-    latest order date in the data (``latest`` may be after ``as_of``).
+    (:func:`crmlab.engine.snapshot_date`: ``as_of``, or the latest order
+    date when empty), and the first and the latest order date in the data
+    (``latest`` may be after ``as_of``).
 
     Raises
     ------
@@ -1986,7 +1957,7 @@ def order_dates(orders: ir.Table, as_of: str | dt.date | None = None, *,
     if pd.isna(last):
         raise NoDataError("table orders has no rows with an order_date")
     first, latest = pd.Timestamp(first).date(), pd.Timestamp(last).date()
-    day = latest if as_of in (None, "") else resolve_as_of(orders, as_of, date_col=date_col)
+    day = snapshot_date(orders, as_of, date_col=date_col)
     return {"as_of": day, "first": first, "latest": latest}
 
 
@@ -2018,7 +1989,7 @@ def holdout_snapshot(dates: Mapping, holdout_days: int = 180) -> dt.date | None:
 
 def rfm_holdout_check(orders: ir.Table, as_of: str | dt.date, holdout_days: int = 180, *,
                       rules: Mapping | str | Path | None = None, frequency: str = "orders",
-                      paid_statuses: Iterable[str] | None = PAID_STATUSES, latest: dt.date | None = None,
+                      latest: dt.date | None = None,
                       n_customers: int | None = None, max_customers: int | None = HOLDOUT_MAX_CUSTOMERS,
                       customer_id_col: str = "customer_id", date_col: str = "order_date",
                       amount_col: str = "amount", status_col: str | None = "status") -> dict:
@@ -2026,9 +1997,9 @@ def rfm_holdout_check(orders: ir.Table, as_of: str | dt.date, holdout_days: int 
     ``holdout_days`` days.
 
     Scores every customer who bought up to ``as_of`` (the RFM of
-    :func:`rfm_table`, :func:`score_rfm`), sums each one's paid spend in
+    :func:`rfm_table`, :func:`score_rfm`), sums each one's purchase spend in
     ``(as_of, as_of + holdout_days]`` (0 for those who did not buy) -- both
-    in one engine pass over the orders -- and takes Spearman's rank
+    in the engine -- and takes Spearman's rank
     correlation (ties get average ranks) with its two-sided p-value. To
     check a snapshot you can see the future of, pass an ``as_of`` at least
     ``holdout_days`` before the latest order (:func:`holdout_snapshot`).
@@ -2059,23 +2030,24 @@ def rfm_holdout_check(orders: ir.Table, as_of: str | dt.date, holdout_days: int 
     """
     if holdout_days <= 0:
         raise ParameterError("holdout_days must be positive (parameter holdout_days)")
-    day = resolve_as_of(orders, as_of, date_col=date_col)
+    _check_frequency(frequency)
+    day = snapshot_date(orders, as_of, date_col=date_col)
     end = day + dt.timedelta(days=int(holdout_days))
-    t = _purchases(orders, as_of_literal(end), date_col=date_col, status_col=status_col,
-                   paid_statuses=paid_statuses)
+    t = _purchases(orders, as_of_literal(end), date_col=date_col, status_col=status_col)
     every = 1
     if n_customers and max_customers and n_customers > max_customers:
         every = math.ceil(n_customers / max_customers)
         t = t.filter(t[customer_id_col].hash() % every == 0)
     past = t[date_col] <= as_of_literal(day)
-    agg = t.group_by(customer_id_col).aggregate(
-        **_rfm_aggregates(t, date_col=date_col, amount_col=amount_col, frequency=frequency, where=past),
-        future_spend=t[amount_col].sum(where=~past))
-    agg = _with_rfm(agg.filter(agg.n_orders > 0), day, frequency)
-    merged = score_rfm(agg.to_pandas(), rules)
+    agg = _with_rfm(_rfm_summary(t, day, customer_id_col=customer_id_col, date_col=date_col,
+                                 amount_col=amount_col), day, frequency)
+    after = t.filter(~past)
+    future = after.group_by(customer_id_col).aggregate(future_spend=after[amount_col].sum())
+    merged = agg.to_pandas().merge(future.to_pandas(), on=customer_id_col, how="left")
+    merged = score_rfm(merged, rules)
     merged["future_spend"] = merged["future_spend"].fillna(0.0).astype(float)
     if latest is None:
-        latest = latest_order_date(orders, date_col=date_col)
+        latest = snapshot_date(orders, date_col=date_col)
     complete = latest >= end
     if len(merged) < 3 or merged["future_spend"].nunique() < 2 or merged["rfm_score"].nunique() < 2:
         rho, p = float("nan"), float("nan")
