@@ -837,3 +837,68 @@ def test_intermittent_groups_do_not_narrow_the_totals_intervals():
     width = lambda f: (f["hi80"] - f["lo80"]).mean()  # noqa: E731
     assert width(with_sparse) == pytest.approx(width(without), rel=0.15)
     assert res.coverage["total"][80] >= 0.7   # pooled with the sparse groups: about half as wide, 0.53
+
+
+def staggered_monthly_panel(T=78, seed=3):
+    """Monthly category series that start and stop at different dates: "b"
+    starts late, "c" stops early, "d" sold only in the last 10 months."""
+    rng = np.random.default_rng(seed)
+    periods = pd.date_range("2018-01-01", periods=T, freq="MS")
+    live = {"a": (0, T), "b": (38, T), "c": (0, 30), "d": (T - 10, T)}
+    frames = []
+    for g, (a, b) in live.items():
+        y = np.zeros(T)
+        y[a:b] = rng.gamma(20, 50, b - a)
+        frames.append(pd.DataFrame({"group": g, "period": periods, "revenue": y,
+                                    "group_customers": 50}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("horizon", [6, 13])
+def test_group_table_without_a_same_period_last_year_shows_blank(horizon):
+    from crmlab.report import table_html
+
+    res = fc.forecast(staggered_monthly_panel(), freq="M", horizon=horizon, n_origins=2,
+                      fast_models=FAST, detailed_models=(), calendar="none")
+    t = fc.group_table(res)
+    shown = fc.groups_display(res)
+    last = "same months last year"
+    assert len(shown) == 4 and last in shown.columns
+    # "d" sold nothing a year ago: no change on last year (never a division by zero)
+    d = shown.set_index("group").loc["d"]
+    assert pd.isna(d["change on last year"])
+    if horizon > 12:     # the horizon reaches past one year: no "same months last year" at all
+        assert t["last_year"].isna().all() and shown[last].isna().all()
+    else:
+        assert shown.set_index("group").loc["a", last] > 0
+    html = table_html(shown, formats=fc.groups_formats(res))
+    assert "nan" not in html.lower() and "<NA>" not in html and "None" not in html
+    assert fc.findings(res) and all(s for s in fc.findings(res))
+    assert fc.explain(res, "groups")
+
+
+def test_sentences_never_print_a_missing_figure():
+    """Flat series (all zero sales) leave figures the backtest cannot
+    measure (interval coverage); a result whose scores are missing
+    altogether must still read: "n/a" or a sentence without the figure,
+    never nan, None, a crash, or a made-up 0%."""
+    import dataclasses
+
+    periods = pd.date_range("2021-01-04", periods=120, freq="W-MON")
+    s = pd.concat([pd.DataFrame({"group": g, "period": periods, "revenue": 0.0, "group_customers": 20})
+                   for g in ("a", "b")], ignore_index=True)
+    res = fc.forecast(s, freq="W", horizon=8, holdout=4, n_origins=2, fast_models=FAST,
+                      detailed_models=(), calendar="none")
+    blank = res.scores.assign(mase=np.nan, smape=np.nan, coverage_80=np.nan, coverage_95=np.nan)
+    gone = dataclasses.replace(
+        res, scores=blank, reconciled_mase=np.nan, reconcile="bottom_up",
+        coverage={g: {80: np.nan, 95: np.nan} for g in res.groups},
+        holdout_scores=res.holdout_scores.assign(mase=np.nan, smape=np.nan))
+    for r in (res, gone):
+        texts = fc.findings(r) + [fc.explain(r, sec) for sec in
+                                  ("models", "forecast", "backtest", "effects", "groups", "holdout")]
+        texts += [c.get("label") or "" for c in fc.metric_cards(r)]
+        for t in texts:
+            assert "nan" not in t and "None" not in t, t
+        assert not any("held 0%" in t for t in texts)
+        fc.score_board(r), fc.groups_display(r), fc.holdout_table(r)

@@ -33,7 +33,7 @@ from crmlab.forecasting.models import (
     SeasonalNaiveForecaster, ThetaForecaster)
 from crmlab.forecasting.narrative import (
     effects_display, effects_table, event_label, explain, exports, findings, forecast_metrics,
-    group_table, groups_display, kpi_model, p_text, plain_model,
+    group_table, groups_display, groups_formats, kpi_model, p_text, plain_model,
     holdout_table, metric_cards, model_label, price_metrics, scenario_table, score_board)
 from crmlab.forecasting.page import (
     check_parameters, grouping, grouping_columns, latest_segments, price_analysis, segments_for)
@@ -51,7 +51,7 @@ __all__ = [
     "forecast", "ForecastResult", "rolling_origins",
     "price_panel", "price_elasticity", "price_scenario", "Elasticity",
     "forecast_metrics", "exports", "findings", "explain", "group_table", "model_label",
-    "effects_display", "groups_display", "kpi_model", "p_text", "plain_model",
+    "effects_display", "groups_display", "groups_formats", "kpi_model", "p_text", "plain_model",
     "metric_cards", "price_metrics", "scenario_table", "grouping", "score_board", "effects_table", "holdout_table", "event_label",
     "check_parameters", "grouping_columns", "latest_segments", "segments_for", "price_analysis",
     "forecast_chart", "backtest_chart", "groups_chart", "scoreboard_chart",

@@ -49,8 +49,18 @@ EVENT_LABELS: dict[str, str] = {
 CLEAR_P = 0.05
 
 
+def _known(x) -> bool:
+    """A figure that can be printed: not None, not NaN or infinite."""
+    return x is not None and bool(np.isfinite(x))
+
+
+def _num(x, spec: str = "{:.2f}") -> str:
+    """A score in ``spec``, or ``n/a`` when it could not be measured."""
+    return spec.format(x) if _known(x) else "n/a"
+
+
 def _fmt(x: float) -> str:
-    if x is None or not np.isfinite(x):
+    if not _known(x):
         return "n/a"
     a = abs(x)
     if a >= 1e9:
@@ -174,8 +184,9 @@ def group_table(res, n: int = 10, *, min_customers: int = MIN_GROUP_SIZE) -> pd.
         group, customers, last_year, forecast, lo80, hi80, change_pct, model, backtest_mase
 
     ``forecast`` sums the ``horizon`` periods after the data; ``last_year``
-    the same periods a year earlier; ``lo80``/``hi80`` the range of that sum
-    (``ForecastResult.totals``).
+    the same periods a year earlier (NaN when there is no such comparison,
+    see :func:`_last_year`; ``change_pct`` is then NaN too); ``lo80``/``hi80``
+    the range of that sum (``ForecastResult.totals``).
     """
     if len(res.groups) <= 1:
         return pd.DataFrame(columns=["group", "customers", "last_year", "forecast", "lo80", "hi80",
@@ -192,7 +203,7 @@ def group_table(res, n: int = 10, *, min_customers: int = MIN_GROUP_SIZE) -> pd.
         rows.append({"group": g, "customers": size, "train_value": float(res.Y[i, :res.train_len].sum()),
                      "last_year": ly, "forecast": tot, "lo80": res.totals[g]["lo80"],
                      "hi80": res.totals[g]["hi80"],
-                     "change_pct": 100 * (tot / ly - 1) if ly else np.nan,
+                     "change_pct": 100 * (tot / ly - 1) if ly > 0 else np.nan,
                      "model": _label(res, g), "backtest_mase": float(_chosen_row(res, g)["mase"])})
     t = pd.DataFrame(rows)
     if t.empty:
@@ -201,14 +212,20 @@ def group_table(res, n: int = 10, *, min_customers: int = MIN_GROUP_SIZE) -> pd.
             .head(n).reset_index(drop=True))
 
 
-def _last_year(res, i: int) -> float | None:
+def _last_year(res, i: int) -> float:
     """Value of the same ``horizon`` periods one year before the forecast's
-    future part (the periods after the data), or None without that history."""
+    future part (the periods after the data); NaN without that comparison:
+    the horizon reaches past one year (the same periods last year are partly
+    in the forecast), the history is shorter, or the group had not started
+    selling when that window began (a part-year would pass for growth)."""
     lag = {"D": 364, "W": 52, "M": 12}[res.freq]
     T = len(res.periods)
     idx = np.arange(T, T + res.horizon) - lag
     if idx.min() < 0 or idx.max() >= T:
-        return None
+        return np.nan
+    sold = np.flatnonzero(res.Y[i] > 0)
+    if not len(sold) or sold[0] > idx.min():
+        return np.nan
     return float(res.Y[i, idx].sum())
 
 
@@ -265,8 +282,8 @@ def metric_cards(res, metrics: dict | None = None, *, price: dict | None = None)
     if m.get("improvement_vs_seasonal_naive") is not None:
         cards.append({"key": "improvement_vs_seasonal_naive", "value": m["improvement_vs_seasonal_naive"],
                       "kpi": True, "fmt": "{:.0%}", "better": "higher",
-                      "label": (f"Error below seasonal naive (backtest MASE {m['backtest_mase']:.2f} "
-                                f"vs {m['seasonal_naive_mase']:.2f})")})
+                      "label": (f"Error below seasonal naive (backtest MASE {_num(m['backtest_mase'])} "
+                                f"vs {_num(m['seasonal_naive_mase'])})")})
     cards.append({"key": "coverage_80", "value": m["coverage_80"], "kpi": True, "fmt": "{:.0%}",
                   "label": "Backtest actuals inside the 80% range"})
     formats = {"backtest_mase": ("{:.3f}", "lower"), "backtest_smape": ("{:.1f}", "lower"),
@@ -364,13 +381,22 @@ def groups_display(res, n: int | None = None, *, min_customers: int = MIN_GROUP_
         return t
     return pd.DataFrame({
         "group": t["group"], "customers": t["customers"],
-        f"same {unit}s last year": t["last_year"].round(0).astype("Int64"),
+        f"same {unit}s last year": t["last_year"].astype(float).round(0),
         "forecast": t["forecast"].round(0).astype("Int64"),
         "80% range": [f"{_fmt(a)} to {_fmt(b)}" for a, b in zip(t["lo80"], t["hi80"])],
-        "change on last year": t["change_pct"] / 100,
+        "change on last year": t["change_pct"].astype(float) / 100,
         "model": [model_label(m, short=True) for m in t["model"]],
         "backtest MASE": t["backtest_mase"],
     })
+
+
+def groups_formats(res) -> dict[str, str]:
+    """The number formats of :func:`groups_display`'s columns for
+    ``Report.section(table_options=dict(formats=...))``; a comparison that
+    is not available (NaN) shows as the page's blank mark."""
+    unit = FREQ_RULES[res.freq]["label"]
+    return {f"same {unit}s last year": "{:,.0f}", "forecast": "{:,.0f}",
+            "change on last year": "{:+.1%}", "backtest MASE": "{:.2f}"}
 
 
 def holdout_table(res, n: int = 8, *, min_customers: int = MIN_GROUP_SIZE) -> pd.DataFrame:
@@ -430,24 +456,25 @@ def findings(res, *, price: dict | None = None, elasticity=None, scenario: dict 
     tot = res.totals[TOTAL]
     s = (f"{what.capitalize()} over the next {res.horizon} {unit}s is forecast at "
          f"{_fmt(m['forecast_total'])} (80% range {_fmt(tot['lo80'])} to {_fmt(tot['hi80'])})")
-    if ly:
+    if np.isfinite(ly) and ly > 0:
         ch = 100 * (m["forecast_total"] / ly - 1)
         s += f", {abs(ch):.1f}% {'above' if ch >= 0 else 'below'} the same {unit}s last year"
     out.append(s + ".")
     sn = m["seasonal_naive_mase"]
-    if sn:
+    if _known(sn) and sn > 0 and _known(m["backtest_mase"]):
         gain = 100 * (1 - m["backtest_mase"] / sn)
-        out.append(
-            f"The chosen forecast ({plain_model(m['model'])}) was {abs(gain):.0f}% "
-            f"{'more' if gain >= 0 else 'less'} accurate than repeating last year's figures when "
-            f"tested on {len(res.origins)} past dates (MASE {m['backtest_mase']:.2f} vs {sn:.2f}); "
-            f"its 80% ranges held {100 * (m['coverage_80'] or 0):.0f}% of the actual {unit}s.")
-    if m["holdout_mase"] is not None:
-        verdict = ("in line with what" if m["holdout_mase"] <= m["backtest_mase"] * 1.5
-                   else "worse than")
+        s = (f"The chosen forecast ({plain_model(m['model'])}) was {abs(gain):.0f}% "
+             f"{'more' if gain >= 0 else 'less'} accurate than repeating last year's figures when "
+             f"tested on {len(res.origins)} past dates (MASE {m['backtest_mase']:.2f} vs {sn:.2f})")
+        if _known(m["coverage_80"]):
+            s += f"; its 80% ranges held {100 * m['coverage_80']:.0f}% of the actual {unit}s"
+        out.append(s + ".")
+    if _known(m["holdout_mase"]):
+        verdict = ("worse than" if _known(m["backtest_mase"]) and m["holdout_mase"] > m["backtest_mase"] * 1.5
+                   else "in line with what")
         out.append(f"On the {res.holdout} most recent {unit}s, withheld from all fitting, the "
-                   f"forecast scored MASE {m['holdout_mase']:.2f} (sMAPE {m['holdout_smape']:.1f}%): "
-                   f"{verdict} the backtest promised.")
+                   f"forecast scored MASE {m['holdout_mase']:.2f} (sMAPE "
+                   f"{_num(m['holdout_smape'], '{:.1f}%')}): {verdict} the backtest promised.")
     gt = group_table(res, n=len(res.groups), min_customers=min_customers)
     gt = gt[gt["group"] != MISSING_GROUP].dropna(subset=["change_pct"]) if len(gt) else gt
     if len(gt) >= 2:
@@ -476,6 +503,8 @@ def findings(res, *, price: dict | None = None, elasticity=None, scenario: dict 
 
 
 def _signed(x: float) -> str:
+    if not _known(x):
+        return "n/a"
     return ("+" if x >= 0 else "-") + _fmt(abs(x))
 
 
@@ -497,7 +526,7 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
                f"before each, and scored on the {res.horizon} {unit}s that followed. MASE is the "
                f"average error divided by the error of repeating last year's figures: below 1 beats "
                f"that rule, 0.2 means a fifth of its error. The winner, "
-               f"{plain_model(m['model'])}, scored {m['backtest_mase']:.2f}")
+               f"{plain_model(m['model'])}, scored {_num(m['backtest_mase'])}")
         if np.isfinite(best_simple):
             txt += f" against {best_simple:.2f} for the best simple rule"
         txt += "."
@@ -512,16 +541,19 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
         src = {"model": "the model's own prediction intervals",
                "conformal": "the spread of the forecast's own past errors at each step ahead"}[
             res.interval_source[TOTAL]]
-        c80 = m["coverage_80"]
-        cal = ("about right" if c80 is not None and 0.72 <= c80 <= 0.88 else
-               "too narrow: treat them as optimistic" if c80 is not None and c80 < 0.72 else
-               "wider than needed: treat them as cautious")
-        return (f"The line is the forecast; the dark band is the range the actual {unit} should fall "
+        c80, c95 = m["coverage_80"], m["coverage_95"]
+        head = (f"The line is the forecast; the dark band is the range the actual {unit} should fall "
                 f"in four times out of five (80%), the light band nineteen times out of twenty (95%), "
-                f"from {src}. Tested on past dates, the 80% band held "
-                f"{100 * (c80 or 0):.0f}% of actual {unit}s and the 95% band "
-                f"{100 * (m['coverage_95'] or 0):.0f}%, so the bands are {cal}. Plan stock and staff "
-                f"on the line and keep the top of the 80% band as the busy case.")
+                f"from {src}. ")
+        tail = "Plan stock and staff on the line and keep the top of the 80% band as the busy case."
+        if not (_known(c80) and _known(c95)):
+            return head + (f"The past dates tested could not show how often the bands held, so treat "
+                           f"them as a rough guide. ") + tail
+        cal = ("about right" if 0.72 <= c80 <= 0.88 else
+               "too narrow: treat them as optimistic" if c80 < 0.72 else
+               "wider than needed: treat them as cautious")
+        return head + (f"Tested on past dates, the 80% band held {100 * c80:.0f}% of actual {unit}s "
+                       f"and the 95% band {100 * c95:.0f}%, so the bands are {cal}. ") + tail
     if section == "backtest":
         return (f"How the forecast would have done in the past: at each of {len(res.origins)} dates "
                 f"(grey lines) the chosen model was fitted on the data up to that date only and "
@@ -550,14 +582,15 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
             return "No grouping was requested; set group_by (e.g. region or category) to forecast each group."
         if res.reconcile == "bottom_up":
             how = (f"the total is the sum of the group forecasts, which forecast the total better in "
-                   f"the backtest (MASE {res.reconciled_mase:.2f}) than the best model of the total "
+                   f"the backtest (MASE {_num(res.reconciled_mase)}) than the best model of the total "
                    f"alone")
         elif res.reconcile == "top_down":
             own = res.scores[(res.scores["group"] == TOTAL) & res.scores["chosen"]]["mase"]
             how = ("the group forecasts are scaled so they add up to the total's own forecast, which "
                    "was more accurate in the backtest"
                    + (f" (MASE {float(own.iloc[0]):.2f} against {res.reconciled_mase:.2f} for the "
-                      f"sum of the groups)" if res.reconciled_mase is not None and len(own) else ""))
+                      f"sum of the groups)" if _known(res.reconciled_mase) and len(own)
+                      and _known(own.iloc[0]) else ""))
         else:
             how = "the group forecasts are not forced to add up to the total"
         return (f"Each of the {len(res.groups) - 1} groups got its own model, chosen by the same "
@@ -570,8 +603,8 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
             return ("No periods were withheld. Run with holdout set to, say, the horizon to see how "
                     "this forecast would have done on the latest data it never saw.")
         return (f"The last {res.holdout} {unit}s were hidden from every step, then compared with the "
-                f"forecast: MASE {m['holdout_mase']:.2f}, sMAPE {m['holdout_smape']:.1f}%. A holdout "
-                f"score far above the backtest's {m['backtest_mase']:.2f} means recent sales broke "
+                f"forecast: MASE {_num(m['holdout_mase'])}, sMAPE {_num(m['holdout_smape'], '{:.1f}%')}. "
+                f"A holdout score far above the backtest's {_num(m['backtest_mase'])} means recent sales broke "
                 f"from their past pattern; check for a new campaign, price change or data gap before "
                 f"relying on the forecast.")
     if section == "scenario":
@@ -582,6 +615,10 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
         if elasticity is None:
             return ("Not available: price scenarios need order lines with quantity and unit_price "
                     "that vary over time.")
+        if not all(_known(x) for x in (elasticity.estimate, elasticity.ci_low, elasticity.ci_high)):
+            return ("The data cannot tell how demand answers price: the price elasticity could not be "
+                    "estimated from this history, so no price scenario is drawn. Test a price change "
+                    "on part of the range to measure the response directly.")
         if elasticity.ci_low > 0:
             return (f"The data show demand rising with price (elasticity {elasticity.estimate:.2f}, "
                     f"95% CI {elasticity.ci_low:.2f} to {elasticity.ci_high:.2f}). Real demand "
