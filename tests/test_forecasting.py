@@ -902,3 +902,28 @@ def test_sentences_never_print_a_missing_figure():
             assert "nan" not in t and "None" not in t, t
         assert not any("held 0%" in t for t in texts)
         fc.score_board(r), fc.groups_display(r), fc.holdout_table(r)
+
+
+def test_series_and_price_panel_count_purchases_as_every_report_does(con):
+    """paid, a missing status and a word the contract does not know
+    ("shipped") are purchases; refunded is not -- engine.purchases, the one
+    meaning, so the series adds up to engine.purchase_totals."""
+    from crmlab import engine
+
+    orders = pd.DataFrame({
+        "order_id": [1, 2, 3, 4, 5, 6],
+        "customer_id": [1, 2, 3, 4, 1, 2],
+        "order_date": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04",
+                                      "2024-01-05", "2024-01-07"]),
+        "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0],
+        "status": ["paid", None, "shipped", "refunded", " Paid ", "CANCELLED"]})
+    lines = pd.DataFrame({"order_id": [1, 2, 3, 4, 5, 6], "product_id": 1, "quantity": 1,
+                          "unit_price": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]})
+    o = con.create_table("purchase_orders", orders, overwrite=True)
+    li = con.create_table("purchase_lines", lines, overwrite=True)
+    s = fc.build_series(o, freq="D", complete_periods=False)
+    expected = engine.purchase_totals(o)["purchase_revenue"]
+    assert s["revenue"].sum() == pytest.approx(expected) == 10 + 20 + 40 + 160
+    assert s["orders"].sum() == 4
+    panel = fc.price_panel(li, o, freq="D", fill_gaps=False)
+    assert panel["quantity"].sum() == 4

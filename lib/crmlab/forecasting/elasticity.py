@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from crmlab.engine import as_of_literal
+from crmlab.engine import as_of_literal, parse_as_of, purchases
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 from crmlab.forecasting.models import independent_columns
 from crmlab.forecasting.series import calendar_features, check_freq, fourier_terms
@@ -57,7 +57,7 @@ class Elasticity:
 
 
 def price_panel(order_lines: ir.Table, orders: ir.Table, *, freq: str = "W", unit_col: str = "product_id",
-                as_of=None, statuses=("paid",), order_id_col: str = "order_id",
+                as_of=None, order_id_col: str = "order_id",
                 date_col: str = "order_date", amount_col: str = "amount",
                 discount_col: str = "discount", status_col: str = "status",
                 quantity_col: str = "quantity", unit_price_col: str = "unit_price",
@@ -69,6 +69,9 @@ def price_panel(order_lines: ir.Table, orders: ir.Table, *, freq: str = "W", uni
     when present) into::
 
         unit, period, quantity, price, paid_price, discount_share
+
+    Only the lines of purchases count (:func:`crmlab.engine.purchases`: not
+    refunded or cancelled; a missing or unknown status is a purchase).
 
     ``price`` is the average listed (shelf) price per unit, ``sum(quantity *
     unit_price) / sum(quantity)``; ``paid_price`` the average price paid,
@@ -92,12 +95,10 @@ def price_panel(order_lines: ir.Table, orders: ir.Table, *, freq: str = "W", uni
         if c not in order_lines.columns:
             raise DataContractError("column needed for the price elasticity is missing",
                                     table="order_lines", column=c)
-    o = orders
-    cutoff = as_of_literal(as_of)
+    o = purchases(orders, status_col=status_col)
+    cutoff = as_of_literal(parse_as_of(as_of))
     if cutoff is not None:
         o = o.filter(o[date_col] <= cutoff)
-    if statuses is not None and status_col in o.columns:
-        o = o.filter(o[status_col].isin(list(statuses)))
     if discount_col in o.columns and amount_col in o.columns:
         gross = o[amount_col] + o[discount_col].fill_null(0)
         paid = (gross > 0).ifelse(o[amount_col] / gross, 1.0)

@@ -7,7 +7,6 @@ periods that had no sales filled with zero.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 
 import ibis
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import calendars
-from crmlab.engine import as_of_literal
+from crmlab.engine import as_of_literal, purchases, snapshot_date
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 
 # Per-frequency rules: the seasonal cycle used by the seasonal models, the
@@ -165,7 +164,7 @@ def _columns(t: ir.Table | None) -> set[str]:
 def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
                  customers: ir.Table | None = None, segments: pd.DataFrame | None = None,
                  freq: str = "W", group_by: str | None = None, as_of=None,
-                 statuses: tuple[str, ...] | None = ("paid",), complete_periods: bool = True,
+                 complete_periods: bool = True,
                  customer_id_col: str = "customer_id", order_id_col: str = "order_id",
                  date_col: str = "order_date", amount_col: str = "amount",
                  discount_col: str = "discount", status_col: str = "status",
@@ -177,7 +176,10 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
 
         group, period, revenue, orders, discount_share, group_customers
 
-    ``period`` is the period start (day; week starting Monday; month).
+    Only purchases count (:func:`crmlab.engine.purchases`, the one meaning
+    every report uses: not refunded or cancelled; a missing or unknown
+    status is a purchase). ``period`` is the period start (day; week
+    starting Monday; month).
     Periods without sales are filled with zero. ``discount_share`` is the
     period's discount over its gross value (``discount / (amount +
     discount)``; absent without a ``discount`` column) -- the promotion
@@ -204,10 +206,9 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
     group_by : str, optional
         None gives the single group ``"total"``.
     as_of : str or date, optional
-        Orders after this day are ignored.
-    statuses : tuple of str, optional
-        Order statuses counted as sales (when orders has ``status``); None
-        counts every order.
+        The snapshot date (:func:`crmlab.engine.snapshot_date`: as given,
+        else the newest order's date); orders after it are ignored and the
+        series runs to its period.
     complete_periods : bool
         Drop a first and last period that the data covers only in part, so
         a half-observed week is not mistaken for a collapse in sales.
@@ -232,11 +233,9 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
     for c in (customer_id_col, date_col, amount_col):
         if c not in cols:
             raise DataContractError("required column missing", table="orders", column=c)
-    cutoff = as_of_literal(as_of)
-    if cutoff is not None:
-        t = t.filter(t[date_col] <= cutoff)
-    if statuses is not None and status_col in cols:
-        t = t.filter(t[status_col].isin(list(statuses)))
+    snap = snapshot_date(orders, as_of, date_col=date_col)
+    t = purchases(t, status_col=status_col)
+    t = t.filter(t[date_col] <= as_of_literal(snap))
     has_discount = discount_col in cols
 
     base = {customer_id_col: t[customer_id_col], "_date": t[date_col],
@@ -278,8 +277,8 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
     per = x.group_by(["_group", "_period"]).aggregate(**aggs).to_pandas()
     sizes = x.group_by("_group").aggregate(group_customers=x[customer_id_col].nunique()).to_pandas()
     if per.empty or per["_first"].isna().all():
-        raise NoDataError("table orders has no sales rows for the forecast "
-                          "(check as_of and the status filter)")
+        raise NoDataError("table orders has no purchases (orders that are not refunded or "
+                          "cancelled) with an order_date on or before the snapshot date")
     span = pd.DataFrame({"first": [per["_first"].min()], "last": [per["_last"].max()]})
     per = per.drop(columns=["_first", "_last"])
     if group_by is not None:   # "Web", " web " and "WEB" are one group
@@ -291,8 +290,7 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
                 "_group", as_index=False)["group_customers"].sum()
 
     first, last = pd.Timestamp(span["first"].iloc[0]), pd.Timestamp(span["last"].iloc[0])
-    if cutoff is not None:
-        last = max(last, pd.Timestamp(dt.datetime.fromisoformat(str(as_of)[:10])))
+    last = max(last, pd.Timestamp(snap))
     periods = period_range(first, last, freq)
     if complete_periods:
         if len(periods) and first.normalize() > periods[0]:
