@@ -541,3 +541,22 @@ def test_flagged_rows_without_a_key_keep_their_row_numbers(con):
     assert email["key"].tolist()[0] == "00042" and email["key"].isna().tolist()[1:] == [True, True]
     ids = flagged[flagged["column"] == "customer_id"]
     assert ids.empty          # customer_id is not in required_filled
+
+
+@pytest.mark.parametrize("parent, child, orphans", [
+    ([42, 43], ["42", " 43 ", "44"], 1),                 # integers and their text
+    ([42.0, 43.0, None], ["42", "43.0", "44"], 1),       # a float column, 42.0 written by a spreadsheet
+    (["00042", "43"], ["42", "00042", "043"], 2),       # leading zeros are part of the id
+    ([42, 43], [42.0, 43.0, 44.0], 1),                   # int and float
+])
+def test_integrity_compares_ids_typed_differently(con, parent, child, orphans):
+    tables = {"customers": con.create_table("ic", pd.DataFrame({"_row": range(1, len(parent) + 1),
+                                                                  "customer_id": parent}),
+                                            overwrite=True),
+              "orders": con.create_table("io", pd.DataFrame({"_row": range(1, len(child) + 1),
+                                                               "order_id": range(1, len(child) + 1),
+                                                               "customer_id": child}),
+                                         overwrite=True)}
+    summary, flagged = quality.integrity(tables)
+    row = summary[summary["table"] == "orders"].iloc[0]
+    assert (row["checked"], row["orphans"]) == (3, orphans)

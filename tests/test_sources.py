@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_DEFECTS, WORLD_END, tiny_world_tables
 
 from crmlab import engine, schema, sources
-from crmlab.exceptions import DataContractError, ParameterError
+from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 from crmlab.sources import detect_encoding, load_mapping, open_source, validate_command
 
 QCOLS = ["table", "row", "column", "check"]
@@ -224,7 +224,7 @@ def test_validate_command_exit_codes(tmp_path, tiny_world):
     empty.mkdir()
     (empty / "orders.csv").write_text("customer_id,order_date,amount\n")
     code, text = validate_command(str(empty))
-    assert code == 3 and "NO DATA" in text
+    assert code == 3 and "NO DATA (table orders is empty)" in text
     code, text = validate_command(str(tmp_path / "nowhere"))
     assert code == 2
 
@@ -386,3 +386,96 @@ def test_fingerprint_follows_the_files(tmp_path, tiny_world):
     df.to_parquet(tiny_world / "products.parquet", index=False)
     with open_source(str(tiny_world)) as ds:
         assert ds.fingerprint != first
+
+
+# ----------------------------------------------------------------------------- empty files
+
+ORDERS = "order_id,customer_id,order_date,amount\n1,7,2024-01-01,10\n2,8,2024-01-02,20\n"
+OPTIONAL_HEADERS = {t: ",".join(schema.required_columns(t)) for t in schema.TABLES if t != "orders"}
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\ufeff"])
+def test_an_empty_orders_file_is_no_data(tmp_path, content):
+    (tmp_path / "orders.csv").write_text(content, encoding="utf-8")
+    with pytest.raises(NoDataError, match="table orders is empty") as info:
+        open_source(str(tmp_path))
+    assert info.value.exit_code == 3
+    code, text = validate_command(str(tmp_path))
+    assert code == 3 and "orders is empty" in text
+
+
+def test_a_header_only_orders_file_opens_with_no_rows(tmp_path):
+    (tmp_path / "orders.csv").write_text("customer_id,order_date,amount\n")
+    with open_source(str(tmp_path)) as ds:
+        assert ds.row_counts["orders"] == {"rows": 0, "quarantined": 0}
+        assert ds.to_pandas("orders").empty
+
+
+@pytest.mark.parametrize("table", list(OPTIONAL_HEADERS))
+@pytest.mark.parametrize("header_only", [False, True])
+def test_an_empty_optional_table_is_absent_with_a_note(tmp_path, table, header_only):
+    (tmp_path / "orders.csv").write_text(ORDERS)
+    (tmp_path / f"{table}.csv").write_text(OPTIONAL_HEADERS[table] + "\n" if header_only else "")
+    with open_source(str(tmp_path)) as ds:
+        assert ds.tables == ["orders"] and not ds.has(table)
+        assert any(f"file {table}.csv" in n and "absent" in n for n in ds.notes), ds.notes
+        assert ds.row_counts["orders"]["rows"] == 2
+
+
+def test_an_empty_parquet_table_is_absent(tmp_path):
+    (tmp_path / "orders.csv").write_text(ORDERS)
+    pd.DataFrame({"customer_id": pd.Series([], dtype="int64")}).to_parquet(
+        tmp_path / "customers.parquet")
+    with open_source(str(tmp_path)) as ds:
+        assert ds.tables == ["orders"]
+
+
+@pytest.mark.parametrize("table, header", [("orders", "Kunde,Datum"), ("tickets", "a,b")])
+def test_a_table_without_any_contract_column_is_a_contract_error(tmp_path, table, header):
+    (tmp_path / "orders.csv").write_text(ORDERS)
+    (tmp_path / f"{table}.csv").write_text(f"{header}\n1,2\n")
+    with pytest.raises(DataContractError) as info:
+        open_source(str(tmp_path))
+    msg = str(info.value)
+    for col in schema.required_columns(table):
+        assert f"table {table}: required column {col} is missing" in msg
+
+
+# ----------------------------------------------------------------------------- ids across tables
+
+def _ids_source(d: Path, customers, orders_ids: list[str]) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    if isinstance(customers, pd.DataFrame):
+        customers.to_parquet(d / "customers.parquet", index=False)
+    else:
+        (d / "customers.csv").write_text("customer_id,name\n" + "".join(
+            f"{c},n{i}\n" for i, c in enumerate(customers)), encoding="utf-8")
+    (d / "orders.csv").write_text("order_id,customer_id,order_date,amount\n" + "".join(
+        f"{i + 1},{c},2024-01-0{i % 9 + 1},10\n" for i, c in enumerate(orders_ids)),
+        encoding="utf-8")
+    return d
+
+
+@pytest.mark.parametrize("case, customers, orders_ids, id_type, expected", [
+    ("int parquet, text csv", pd.DataFrame({"customer_id": [42, 43]}), ["42", " 43"],
+     "int64", [42, 43]),
+    ("42 and 42.0", ["42", "43"], ["42.0", "43"], "int64", [42, 43]),
+    ("float parquet, leading zeros", pd.DataFrame({"customer_id": [42.0, 7.0, None]}),
+     ["00042", "7", "42"], "string", ["00042", "7", "42"]),
+    ("leading zeros both sides", ["00042", "42"], ["00042", "42", "042"], "string",
+     ["00042", "42", "042"]),
+])
+def test_ids_of_one_meaning_join_across_tables(tmp_path, case, customers, orders_ids, id_type,
+                                               expected):
+    with open_source(str(_ids_source(tmp_path / "s", customers, orders_ids))) as ds:
+        assert ds.id_types["customer_id"] == id_type
+        o = ds.table("orders")
+        c = ds.table("customers")
+        assert o.customer_id.type() == c.customer_id.type()
+        got = o.order_by("order_id").customer_id.to_pyarrow().to_pylist()
+        assert got == expected
+        joined = o.join(c, "customer_id").count().to_pyarrow().as_py()
+        known = set(c.customer_id.to_pyarrow().to_pylist())
+        assert joined == sum(v in known for v in expected)
+        if id_type == "string":            # a float id is read as the integer it holds
+            assert "42.0" not in known and ("42" in known or "00042" in known)

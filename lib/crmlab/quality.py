@@ -94,6 +94,7 @@ import phonenumbers
 import yaml
 
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
+from crmlab.sources import id_text
 
 RULES_PATH = Path(__file__).with_name("quality.yaml")
 
@@ -1157,10 +1158,13 @@ def format_checks(t: ir.Table, table: str, column: str, formats: Sequence[dict],
 # --------------------------------------------------------------------------
 
 def _join_keys(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value]:
-    """Two key columns made comparable (text, trimmed, when types differ)."""
-    if a.type() == b.type() and not _is_string(a):
+    """Two key columns made comparable: as they are when both are integers
+    (or both the same non-text type), else as text written one way
+    (:func:`crmlab.sources.id_text`: ``42``, ``42.0`` and ``" 42 "`` meet,
+    ``00042`` stays apart)."""
+    if a.type() == b.type() and not _is_string(a) and not a.type().is_floating():
         return a, b
-    return a.cast("string").strip(), b.cast("string").strip()
+    return id_text(a), id_text(b)
 
 
 # integer keys spanning at most this many values are looked up in a bitmap

@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crmlab import config, schema
-from crmlab.exceptions import DataContractError, ParameterError, SourceUnavailable
+from crmlab.exceptions import DataContractError, NoDataError, ParameterError, SourceUnavailable
 
 # ----------------------------------------------------------------------------- mapping
 
@@ -354,7 +354,8 @@ def _split_part(s, sep, n):  # DuckDB and PostgreSQL: n-th field, 1-based
     ...
 
 
-_INT_RE = r"^(0|-?[1-9][0-9]{0,17})$"
+_INT_RE = r"^(0|-?[1-9][0-9]{0,17})(\.0+)?$"   # 42, and 42.0 as a spreadsheet writes it
+_POINT_ZERO_RE = r"^(-?[0-9]+)\.0+$"
 _NUMBER_RE = {
     ".": r"^[+-]?([0-9]{1,3}(,[0-9]{3})+|[0-9]+)?(\.[0-9]+)?([eE][+-]?[0-9]+)?$",
     ",": r"^[+-]?([0-9]{1,3}(\.[0-9]{3})+|[0-9]+)?(,[0-9]+)?([eE][+-]?[0-9]+)?$",
@@ -368,6 +369,22 @@ def _trim(s):  # DuckDB and PostgreSQL: strip spaces (quicker than strip()'s cha
 
 
 _TOKEN_LEN = max(len(t) for t in schema.NULL_TOKENS)
+
+
+def id_text(col: ir.Value) -> ir.StringValue:
+    """An id as text, written one way whatever its source type: integers
+    as digits, an integral float (``42.0``) as the integer it holds, text
+    trimmed with a spreadsheet's ``.0`` dropped (``"42.0"`` -> ``"42"``).
+    Leading zeros stay (``"00042"`` is not ``"42"``). For comparing ids
+    across tables typed differently."""
+    dtype = col.type()
+    if dtype.is_integer():
+        return col.cast(idt.string)
+    if dtype.is_floating() or dtype.is_decimal():
+        whole = col.notnull() & (col == col.floor())
+        return ibis.ifelse(whole, col.cast(idt.int64).cast(idt.string), col.cast(idt.string))
+    text = _trim(col.cast(idt.string))
+    return text.re_replace(_POINT_ZERO_RE, r"\1")
 
 
 def _is_blank(s: ir.StringValue) -> ir.BooleanValue:
@@ -805,6 +822,7 @@ class Dataset:
         self._engine = backend.name
         self.tables = [t for t in schema.TABLES if t in raw]
         self.id_types: dict[str, str] = {}
+        self._id_points: set[tuple[str, str]] = set()   # text ids written 42.0
         self._work: dict[str, _Work] = {}
         self._typed: dict[str, ir.Table] = {}
         self._quarantine: dict[str, pd.DataFrame] = {}
@@ -954,7 +972,12 @@ class Dataset:
         if kind == "id":
             want = idt.dtype(self.id_types.get(c, "int64"))
             if text:  # an int64 id read from text holds only integer text (checked at open)
+                if (table, c) in self._id_points:   # "42.0" -> "42"
+                    return _Rule(lambda t: t[tx].re_replace(_POINT_ZERO_RE, r"\1").cast(want),
+                                 filled)
                 return _Rule(lambda t: t[tx].cast(want), filled)
+            if want.is_string():   # 42.0 in a float column is the id "42"
+                return _Rule(lambda t: id_text(t[r]), notnull)
             return _Rule(lambda t: t[r].cast(want), notnull)
         if kind == "string":
             if not text:
@@ -1171,8 +1194,11 @@ class Dataset:
     # -- contract check at open
     def _settle_id_types(self) -> None:
         """One type per id across tables: int64 when every table stores it
-        as integers (text sources: when every value is integer text without
-        leading zeros), else string."""
+        as numbers (text sources: when every value is integer text without
+        leading zeros, ``42.0`` counting as ``42``), else string. As string,
+        a number is written as the integer it holds (:func:`id_text`), so
+        ``42`` in one file meets ``42.0`` in another, while ``00042`` stays
+        apart from ``42``."""
         found: dict[str, list[tuple[str, str]]] = {}
         for t in self.tables:
             raw = self._raw[t]
@@ -1186,15 +1212,20 @@ class Dataset:
             if numeric and texts:
                 # text ids count as integers only from CSV text and when every
                 # value is integer text without leading zeros
-                numeric = (all(t in self.encodings for t in texts)
-                           and all(self._all_integer_text(t, idcol) for t in texts))
+                kinds = {t: self._integer_text(t, idcol) for t in texts
+                         if t in self.encodings}
+                numeric = len(kinds) == len(texts) and all(ok for ok, _ in kinds.values())
+                self._id_points |= {(t, idcol) for t, (_, point) in kinds.items() if point}
             self.id_types[idcol] = "int64" if numeric and fams else "string"
 
-    def _all_integer_text(self, table: str, column: str) -> bool:
+    def _integer_text(self, table: str, column: str) -> tuple[bool, bool]:
+        """(every value is integer text or blank, some value ends in ``.0``)."""
         r = self._raw[table][column]
-        ok = (_is_blank(r) | _trim(r).re_search(_INT_RE)).min()
-        value = self._raw[table].aggregate(_ok=ok).to_pyarrow()["_ok"][0].as_py()
-        return value in (True, None)
+        t = _trim(r)
+        got = self._raw[table].aggregate(
+            _ok=(_is_blank(r) | t.re_search(_INT_RE)).min(),
+            _point=t.re_search(_POINT_ZERO_RE).max()).to_pyarrow().to_pylist()[0]
+        return got["_ok"] in (True, None), bool(got["_point"])
 
     def _check_contract(self) -> None:
         """Presence and types of every table and column, all failures at
@@ -1216,6 +1247,17 @@ class Dataset:
                                            f"{_EXPECTED[kind]}"))
                 else:
                     ok_cols.append(c)
+            def missing(c: str) -> None:
+                mapped = [k for k, v in self.mapping["tables"][t]["columns"].items() if v == c]
+                hint = (f" (mapped from {mapped[0]!r}, which the source does not have)"
+                        if mapped else "")
+                failures.append((t, c, f"required column {c} is missing{hint}"))
+
+            if not ok_cols:   # no contract column at all: nothing for pandera to type
+                for c in contract.required_columns:
+                    if c not in raw.columns:
+                        missing(c)
+                continue
             w = self.work(t)
             typed = w.expr.select(*[c for c in w.columns if c in ok_cols])
             sch = schema.pandera_schema(t, backend="ibis", id_types=self.id_types)
@@ -1227,11 +1269,7 @@ class Dataset:
                         c = str(f["failure_case"])
                         if c in ok_cols or c in raw.columns:
                             continue  # reported above as a wrong type
-                        mapped = [k for k, v in self.mapping["tables"][t]["columns"].items()
-                                  if v == c]
-                        hint = (f" (mapped from {mapped[0]!r}, which the source does not have)"
-                                if mapped else "")
-                        failures.append((t, c, f"required column {c} is missing{hint}"))
+                        missing(c)
                     else:
                         c = str(f["column"])
                         failures.append((t, c, f"column {c} has type {f['failure_case']}, "
@@ -1268,8 +1306,34 @@ def _find_file(directory: Path, name: str, declared: str | None) -> Path | None:
     return None
 
 
+def _empty_text(path: Path) -> bool:
+    """Whether a text file holds nothing but a byte-order mark and white
+    space (no header, no rows)."""
+    with _open_binary(path) as fh:
+        chunk = fh.read(_CHUNK)
+        if chunk.startswith(codecs.BOM_UTF8):
+            chunk = chunk[len(codecs.BOM_UTF8):]
+        while chunk:
+            if chunk.strip(b" \t\r\n"):
+                return False
+            chunk = fh.read(_CHUNK)
+    return True
+
+
+def _empty_table(tname: str, path: Path, what: str, notes: list[str]) -> None:
+    """An empty file: ``orders`` (required) means no data; an optional
+    table is treated as absent, with a note."""
+    if tname == "orders":
+        raise NoDataError(f"table orders is empty: file {path.name} {what}")
+    notes.append(f"table {tname}: file {path.name} {what}; treated as absent")
+
+
 def _open_files(directory: Path, mapping: dict) -> dict:
-    """CSV/Parquet directory -> in-memory DuckDB with one raw view per table."""
+    """CSV/Parquet directory -> in-memory DuckDB with one raw view per table.
+
+    An empty file (no header, or an optional table's header without rows)
+    is no table: ``orders`` raises :class:`NoDataError`, an optional table
+    is left out with a note. A header-only ``orders`` stays (zero rows)."""
     con = _duckdb_connect()
     raw, origins, encodings, files, notes = {}, {}, {}, [], []
     tmp = Path(tempfile.mkdtemp(prefix="crmlab-src-"))
@@ -1284,6 +1348,14 @@ def _open_files(directory: Path, mapping: dict) -> dict:
             name = path.name.lower()
             if name.endswith(".parquet"):
                 try:
+                    n_rows = pq.ParquetFile(path).metadata.num_rows
+                except Exception:  # pyarrow.ArrowInvalid, OSError: not Parquet
+                    raise DataContractError(f"file {path.name} could not be read as Parquet",
+                                            table=tname, check="read_parquet") from None
+                if n_rows == 0 and tname != "orders":
+                    _empty_table(tname, path, "has no rows", notes)
+                    continue
+                try:
                     con.raw_sql(
                         f"CREATE VIEW {_quote(view)} AS SELECT file_row_number + 1 AS _row, "
                         f"* EXCLUDE (file_row_number) FROM read_parquet({_sql_str(path)}, "
@@ -1292,6 +1364,9 @@ def _open_files(directory: Path, mapping: dict) -> dict:
                     raise DataContractError(f"file {path.name} could not be read as Parquet",
                                             table=tname, check="read_parquet") from None
             elif name.endswith(_TEXT_SUFFIXES):
+                if _empty_text(path):
+                    _empty_table(tname, path, "is empty (no header, no rows)", notes)
+                    continue
                 enc = detect_encoding(path, tmap.get("encoding"))
                 encodings[tname] = enc
                 src = path
@@ -1311,6 +1386,11 @@ def _open_files(directory: Path, mapping: dict) -> dict:
                         f"file {path.name} could not be read as CSV{at}; check the delimiter, "
                         f"quoting and encoding in the mapping", table=tname, check="read_csv"
                     ) from None
+                if tname != "orders" and not con.raw_sql(
+                        f"SELECT count(*) FROM {_quote('csv_' + tname)}").fetchone()[0]:
+                    con.raw_sql(f"DROP TABLE {_quote('csv_' + tname)}")
+                    _empty_table(tname, path, "has a header and no rows", notes)
+                    continue
                 con.raw_sql(f"CREATE VIEW {_quote(view)} AS SELECT rowid + 1 AS _row, * "
                             f"FROM {_quote('csv_' + tname)}")
             else:
@@ -1613,10 +1693,12 @@ def validate_command(spec: str | None, mapping: str | os.PathLike | dict | None 
         usable = counts["orders"]["rows"] - counts["orders"]["quarantined"]
         lines.append("")
         if usable <= 0:
-            lines.append("contract: NO DATA (table orders has no usable rows)")
+            why = "is empty" if counts["orders"]["rows"] == 0 else "has no usable rows"
+            lines.append(f"contract: NO DATA (table orders {why})")
             return config.EXIT_NO_DATA, "\n".join(lines)
         lines.append(f"contract: OK (orders: {usable:,} usable rows)")
         return config.EXIT_OK, "\n".join(lines)
 
 
-__all__ = ["Dataset", "detect_encoding", "load_mapping", "open_source", "validate_command"]
+__all__ = ["Dataset", "detect_encoding", "id_text", "load_mapping", "open_source",
+           "validate_command"]
