@@ -96,3 +96,15 @@ def test_schedule_without_the_scheduler_says_so(project):
     root, reports, env, src = project
     out = crmlab(["schedule", "list"], env)
     assert out.returncode == 2 and "scheduler" in out.stderr
+
+
+def test_run_gate_refuses_a_bad_expression_before_anything_runs(project):
+    root, reports, env, src = project
+    out = crmlab(["run", "segmentation", "--source", str(src), "--gate", "orders_age_days <= 2",
+                  "--gate", "revenue > 0"], env)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "gate expression 'revenue > 0': unknown measure 'revenue' (measures: quality_score, " in out.stderr
+    assert run_dirs(reports, "segmentation") == []
+    usage = crmlab(["--help"], env)
+    assert "6 gated" in " ".join(usage.stdout.split())
+    assert "--gate EXPR" in crmlab(["run", "--help"], env).stdout

@@ -293,3 +293,39 @@ def test_a_failing_channel_never_stops_the_others(hook, smtp):
     assert "HTTP 500" in by["err"]["error"] and by["unset"]["error"] == "not configured"
     assert by["down"]["error"].split(":")[0] in ("URLError", "ConnectionRefusedError")
     assert len(hook.posts) == 1 and len(smtp.messages) == 1
+
+
+# -- gates -----------------------------------------------------------------------------
+
+def test_a_gate_is_a_rule_over_known_measures_only():
+    measures = ("quality_score", "orders_age_days")
+    rule = parse_rule("quality_score >= 95 and orders_age_days <= 2", measures=measures)
+    assert rule.metrics == ("orders_age_days", "quality_score")
+    assert rule.evaluate({"quality_score": 96.0, "orders_age_days": 3}) == (
+        False, {"quality_score": 96.0, "orders_age_days": 3})
+    assert parse_rule("revenue > 0").metrics == ("revenue",)  # alert rules read any metric
+    for text, says in (("revenue > 0", "unknown measure 'revenue' (measures: quality_score, orders_age_days)"),
+                       ('metric("revenue") > 0', "unknown measure 'revenue'"),
+                       ("previous(quality_score) > 90", "previous() reads an earlier run"),
+                       ("orders_age_days <=", "not a valid expression")):
+        with pytest.raises(RuleError) as info:
+            parse_rule(text, measures=measures)
+        assert says in str(info.value)
+
+
+def test_a_gated_run_message_names_the_failed_expressions_with_their_values():
+    gate = {"passed": False, "checks": [
+        {"expression": "quarantined_share < 0.01", "values": {"quarantined_share": 0.0}, "passed": True},
+        {"expression": "orders_age_days <= 2", "values": {"orders_age_days": 7}, "passed": False},
+        {"expression": "quality_score >= 95", "values": {}, "passed": False,
+         "reason": "cannot be computed: no data-quality run on this data"}]}
+    msg = failure_message(report="segmentation", job="daily", status="gated", exit_code=6,
+                          error={"ename": "GateFailed", "evalue": "orders_age_days <= 2 (orders_age_days = 7)"},
+                          gate=gate)
+    assert msg.subject == "crmlab: segmentation gated (job daily)"
+    assert "Outcome: gated (exit code 6)" in msg.text and "Error: GateFailed" in msg.text
+    assert "Gate failed: orders_age_days <= 2 (orders_age_days = 7)" in msg.text
+    assert "Gate failed: quality_score >= 95: cannot be computed: no data-quality run on this data" in msg.text
+    assert "quarantined_share" not in msg.text  # only what failed is in the text; the payload has every check
+    assert [(g["expression"], g["passed"]) for g in msg.payload["gate"]] == [
+        ("quarantined_share < 0.01", True), ("orders_age_days <= 2", False), ("quality_score >= 95", False)]

@@ -8,7 +8,9 @@ the same report name, and several tests read what those three runs left.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
 import signal
 import subprocess
@@ -342,6 +344,8 @@ def test_worst_exit_code_wins():
     assert exit_code_of([res("success", 0)] * 3) == 0
     assert exit_code_of([res("success", 0), res("skipped", 5), res("no_data", 3)]) == 3
     assert exit_code_of([res("timeout", 4), res("failed", 1), res("skipped", 5)]) == 1
+    assert exit_code_of([res("success", 0), res("gated", 6), res("skipped", 5)]) == 6
+    assert exit_code_of([res("gated", 6), res("no_data", 3)]) == 3
 
 
 def test_prepare_notebook_moves_summary_under_header_and_hides_parameters():
@@ -364,3 +368,89 @@ def test_prepare_notebook_moves_summary_under_header_and_hides_parameters():
     nb2 = nbformat.v4.new_notebook()
     nb2.cells = [cell("x"), cell("s", "summary")]
     assert [c.source for c in runner.prepare_notebook(nb2, "analyst").cells] == ["s", "x"]
+
+
+# -- the gate ---------------------------------------------------------------------
+
+def _gate_source(directory: Path, *, extracted: str, bad_rows: int = 0) -> Path:
+    """Three good orders (newest 2026-06-03), ``bad_rows`` orders without a
+    customer (quarantined), and the file's time set to ``extracted``."""
+    src = tiny_source(directory)
+    with open(src / "orders.csv", "a", encoding="utf-8") as f:
+        for i in range(bad_rows):
+            f.write(f",2026-06-0{i + 1},9.5\n")
+    stamp = dt.datetime.fromisoformat(extracted).replace(tzinfo=dt.timezone.utc).timestamp()
+    os.utime(src / "orders.csv", (stamp, stamp))
+    return src
+
+
+def _fake_quality_run(reports: Path, run_id: str, fingerprint: str, score, status: str = "success") -> Path:
+    d = reports / "data-quality" / run_id
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"run_id": run_id, "status": status, "started_at": run_id,
+                                            "source": {"fingerprint": fingerprint}}))
+    (d / "metrics.json").write_text(json.dumps({"quality_score": score}))
+    return d
+
+
+def test_gate_expressions_use_the_rule_parser_and_refuse_unknown_measures():
+    rules = runner.parse_gate(["quality_score >= 95", "orders_age_days <= 2", "quarantined_share < 0.01",
+                               "rows_orders >= 3 and quarantined_rows == 0"])
+    assert [r.metrics for r in rules] == [("quality_score",), ("orders_age_days",), ("quarantined_share",),
+                                          ("quarantined_rows", "rows_orders")]
+    for text, says in (("freshness <= 2", "unknown measure 'freshness'"),
+                       ("rows_sales > 0", "unknown measure 'rows_sales'"),
+                       ("quality_score >=", "not a valid expression"),
+                       ("change(quality_score) > 0", "change() reads an earlier run"),
+                       ("__import__('os')", "unknown function '__import__'")):
+        with pytest.raises(runner.ParameterError) as info:
+            runner.parse_gate(["orders_age_days <= 2", text])
+        assert f"gate expression {text!r}: {says}" in str(info.value)
+
+
+def test_gate_measures_come_from_the_runs_own_data(tmp_path):
+    src = _gate_source(tmp_path / "src", extracted="2026-06-10T12:00:00", bad_rows=1)
+    info = runner.check_source(str(src))
+    assert info["row_counts"]["orders"] == 4 and info["quarantined"]["orders"] == 1
+    reports, run_dir = tmp_path / "reports", tmp_path / "reports" / "segmentation" / "r1"
+    names = ["rows_orders", "rows_tickets", "quarantined_rows", "quarantined_share", "orders_age_days",
+             "quality_score"]
+    kw = dict(report="segmentation", run_dir=run_dir, source_info=info, params={"source": str(src)},
+              reports_dir=reports)
+    values, reasons, origin = runner.gate_measures(names, **kw)
+    assert values == {"rows_orders": 4, "quarantined_rows": 1, "quarantined_share": 0.25,
+                      "orders_age_days": 7}  # newest valid order 2026-06-03, extracted 2026-06-10
+    assert reasons["rows_tickets"] == "table tickets is not in this source"
+    assert "no data-quality run on this data" in reasons["quality_score"] and info["fingerprint"] in reasons[
+        "quality_score"]
+    # the score of the newest data-quality run on the same data; other data's runs never count
+    _fake_quality_run(reports, "20260610T050000Z-aaaa", info["fingerprint"], 91.5)
+    _fake_quality_run(reports, "20260610T060000Z-bbbb", "0123456789ab", 99.0)
+    _fake_quality_run(reports, "20260610T070000Z-cccc", info["fingerprint"], None, status="failed")
+    values, reasons, origin = runner.gate_measures(["quality_score"], **kw)
+    assert values == {"quality_score": 91.5} and origin == {"quality_score": "data-quality/20260610T050000Z-aaaa"}
+    # a data-quality run reads its own metrics
+    own = _fake_quality_run(reports, "20260610T080000Z-dddd", "ffffffffffff", 88.0)
+    assert runner.gate_measures(["quality_score"], **dict(kw, report="data-quality", run_dir=own))[0] == {
+        "quality_score": 88.0}
+
+
+def test_a_measure_that_cannot_be_computed_fails_its_expression_with_a_sentence(tmp_path):
+    src = _gate_source(tmp_path / "src", extracted="2026-06-04T08:00:00")
+    info = runner.check_source(str(src))
+    gate = runner.check_gate(runner.parse_gate(["orders_age_days <= 2", "quality_score >= 95",
+                                                "rows_tickets > 0 or orders_age_days < 5"]),
+                             report="lifecycle", run_dir=tmp_path / "run", source_info=info,
+                             params={"source": str(src)}, reports_dir=tmp_path / "reports")
+    assert [(c["expression"], c["passed"]) for c in gate["checks"]] == [
+        ("orders_age_days <= 2", True), ("quality_score >= 95", False),
+        ("rows_tickets > 0 or orders_age_days < 5", False)]  # never passes on a measure it does not have
+    assert gate["checks"][0]["values"] == {"orders_age_days": 1} and gate["passed"] is False
+    assert gate["checks"][1]["reason"].startswith("cannot be computed: no data-quality run on this data")
+    assert gate["checks"][2]["reason"] == "cannot be computed: table tickets is not in this source"
+    # data that changed since the run's source check is not measured as if it were the run's
+    os.utime(src / "orders.csv", (1_780_000_000, 1_780_000_000))
+    later = runner.check_gate(runner.parse_gate(["orders_age_days <= 2"]), report="lifecycle",
+                              run_dir=tmp_path / "run", source_info=info, params={"source": str(src)},
+                              reports_dir=tmp_path / "reports")
+    assert later["passed"] is False and "the source changed during the run" in later["checks"][0]["reason"]

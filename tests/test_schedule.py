@@ -187,6 +187,8 @@ def test_the_default_schedule_covers_all_five_reports(monkeypatch):
     assert {a.report for a in sch.alerts} >= {"data-quality", "lifecycle"}
     assert sch.job("daily-data-quality").retries == Retries(2, 300.0, 1800.0)
     assert sch.job("daily-data-quality").source == "synthetic:demo"  # ${CRMLAB_SOURCE:-synthetic:demo}
+    assert sch.job("daily-segmentation").gate == ("orders_age_days <= 2", "quarantined_share < 0.01")
+    assert "gated" in sch.notify_on
     assert not sch.channels["ops-webhook"].configured  # no address in the environment: skipped, not an error
     monkeypatch.setenv("CRMLAB_WEBHOOK_URL", "https://hooks.example.com/crm")
     assert load_schedule(REPO / "parameters" / "schedule.yaml").channels["ops-webhook"].configured
@@ -674,3 +676,85 @@ def test_transient_failures_are_retried_with_backoff_but_bad_input_is_not(projec
     state = json.loads((project.reports / "_schedule" / "state.json").read_text())
     assert state["jobs"]["pg"]["retry"] is None and state["jobs"]["pg"]["last_attempt"] == 3
     assert sorted(a["id"] for a in state["alerts"]) == ["pg:run-failed", "typo:run-failed"]
+
+
+# -- gates -------------------------------------------------------------------------------
+
+def test_a_gated_job_keeps_latest_exits_6_is_audited_and_notifies_a_passing_gate_publishes(project, hook, smtp):
+    import os
+
+    stamp = dt.datetime(2026, 6, 10, 12, tzinfo=UTC).timestamp()  # extracted a week after the newest order
+    os.utime(project.src / "orders.csv", (stamp, stamp))
+    for report in ("segmentation", "forecasting"):
+        (project.reports / report).mkdir(parents=True)
+        (project.reports / report / "latest.html").write_text(f"<html>last good {report}</html>")
+    write_schedule(project, f"""
+        timezone: UTC
+        channels:
+          hook: {{type: webhook, url: "{hook.url}"}}
+          mail: {{type: smtp, host: 127.0.0.1, port: {smtp.port}, from: crmlab@example.com, to: [ops@example.com]}}
+        defaults: {{source: "{project.src}", notify: [hook, mail]}}
+        jobs:
+          - {{name: seg, report: segmentation, cron: "0 6 * * *",
+             gate: ["quarantined_share < 0.01", "orders_age_days <= 2"]}}
+          - {{name: fc, report: forecasting, cron: "0 6 * * *",
+             gate: ["orders_age_days <= 10", "quarantined_share < 0.01", "rows_orders >= 3"]}}
+        """)
+    out = crmlab(["schedule", "run-due", "--now", "2026-06-11T06:00:05Z"], project.env, timeout=300)
+    assert out.returncode == 6, out.stderr  # the worst outcome: gated
+    records = read_audit(project.reports)
+    seg, fc = runs_of(records, "seg"), runs_of(records, "fc")
+    assert [(r["status"], r["exit_code"], r["error"]) for r in seg] == [("gated", 6, "GateFailed")]
+    assert [(c["expression"], c["values"], c["passed"]) for c in seg[0]["gate"]["checks"]] == [
+        ("quarantined_share < 0.01", {"quarantined_share": 0.0}, True),
+        ("orders_age_days <= 2", {"orders_age_days": 7}, False)]
+    assert [(r["status"], r["exit_code"], r["gate"]["passed"]) for r in fc] == [("success", 0, True)]
+    # the gated run keeps the last good page; the passing one publishes
+    assert (project.reports / "segmentation" / "latest.html").read_text() == "<html>last good segmentation</html>"
+    assert "crm-pill success" in (project.reports / "forecasting" / "latest.html").read_text(encoding="utf-8")
+    doc = json.loads((Path(seg[0]["run_dir"]) / "run.json").read_text())
+    assert (doc["status"], doc["exit_code"], doc["gate"]["passed"]) == ("gated", 6, False)
+    assert doc["gate"]["measures"] == {"quarantined_share": 0.0, "orders_age_days": 7}
+    assert "its data failed the gate" in (Path(seg[0]["run_dir"]) / "report.html").read_text(encoding="utf-8")
+    # notified like a failure, with the expression that failed and its value
+    (notified,) = [r for r in records if r["event"] == "notify"]
+    assert notified["job"] == "seg" and [(x["channel"], x["ok"]) for x in notified["results"]] == [
+        ("hook", True), ("mail", True)]
+    (post,) = hook.posts
+    assert (post["json"]["kind"], post["json"]["job"], post["json"]["status"], post["json"]["exit_code"]) == (
+        "failure", "seg", "gated", 6)
+    assert [(g["expression"], g["passed"]) for g in post["json"]["gate"]] == [
+        ("quarantined_share < 0.01", True), ("orders_age_days <= 2", False)]
+    (mail,) = smtp.messages
+    body = mail["message"].get_content()
+    assert "Outcome: gated (exit code 6)" in body and "Gate failed: orders_age_days <= 2 (orders_age_days = 7)" in body
+    state = json.loads((project.reports / "_schedule" / "state.json").read_text())
+    assert [a["id"] for a in state["alerts"]] == ["seg:run-failed"]
+    html = (project.reports / "index.html").read_text(encoding="utf-8")
+    section = html[html.index('id="segmentation"'):html.index('id="lifecycle"')]
+    assert "crm-pill gated" in section and "GateFailed" in section
+
+
+def test_schedule_check_refuses_a_bad_gate_naming_the_job_and_the_expression(project):
+    write_schedule(project, f"""
+        timezone: UTC
+        jobs:
+          - {{name: seg, report: segmentation, cron: "0 6 * * *", source: "{project.src}",
+             gate: ["orders_age_days <= 2", "freshness <= 2"]}}
+          - {{name: fc, report: forecasting, cron: "0 6 * * *", source: "{project.src}", gate: ["quality_score >="]}}
+          - {{name: dq, report: data-quality, cron: "0 6 * * *", source: "{project.src}", gate: {{score: 95}}}}
+        """)
+    out = crmlab(["schedule", "check"], project.env, timeout=120)
+    assert out.returncode == 2
+    for says in ("job seg: field gate: gate expression 'freshness <= 2': unknown measure 'freshness' (measures: ",
+                 "job fc: field gate: gate expression 'quality_score >=': not a valid expression",
+                 "job dq: field gate: must be a list of expressions"):
+        assert says in out.stderr, out.stderr
+    write_schedule(project, f"""
+        timezone: UTC
+        jobs:
+          - {{name: seg, report: segmentation, cron: "0 6 * * *", source: "{project.src}",
+             gate: ["quality_score >= 95", "orders_age_days <= 2", "quarantined_share < 0.01"]}}
+        """)
+    ok = crmlab(["schedule", "check"], project.env, timeout=120)
+    assert ok.returncode == 0 and "1 job(s)" in ok.stdout, ok.stderr

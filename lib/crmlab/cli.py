@@ -6,15 +6,18 @@
     crmlab validate  --source SPEC [--mapping FILE]
     crmlab run       REPORT [--source SPEC] [--mapping FILE] [-f PARAMS.yaml ...] [-p key=value ...]
                      [--reports-dir DIR] [--audience stakeholder|analyst] [--timeout SECONDS]
+                     [--gate EXPR ...]
     crmlab run-all   [--source SPEC] [--jobs N] [--reports-dir DIR]
-    crmlab schedule  list | run-due | daemon | crontab
+    crmlab schedule  list | run-due | daemon | crontab | check | prune
     crmlab index     [--reports-dir DIR]
 
 Results go to standard output (``crmlab run`` prints the run directory as
 its last line); progress and errors go to standard error. Exit codes: 0
 success, 1 the notebook failed, 2 bad input or parameters (nothing ran), 3 no
-data, 4 timeout, 5 skipped because a run of the same report is in progress;
-a run stopped by a signal exits 128 + the signal number.
+data, 4 timeout, 5 skipped because a run of the same report is in progress,
+6 gated (the notebook succeeded but the data failed the run's ``--gate``:
+not published, ``latest.html`` keeps the last good page); a run stopped by a
+signal exits 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from crmlab.exceptions import CrmlabError
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="crmlab", description="CRM analytics reports from notebooks.",
                                  epilog="Exit codes: 0 ok, 1 notebook failed, 2 bad input, 3 no data, "
-                                        "4 timeout, 5 skipped (already running).")
+                                        "4 timeout, 5 skipped (already running), 6 gated (the data failed "
+                                        "the run's gate; not published).")
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -56,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reports-dir", metavar="DIR", help="reports tree (default $CRMLAB_REPORTS_DIR or reports/)")
     r.add_argument("--audience", choices=("stakeholder", "analyst"), default="stakeholder")
     r.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the notebook after this long")
+    r.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                   help="publish only if this holds on the run's data, e.g. \"orders_age_days <= 2\" "
+                        "(repeatable; measures: quality_score, orders_age_days, quarantined_share, "
+                        "quarantined_rows, rows_<table>); else exit 6")
     r.add_argument("--trigger", default="cli", help=argparse.SUPPRESS)
     r.add_argument("--result-json", metavar="FILE", help=argparse.SUPPRESS)  # the scheduler reads the outcome here
 
@@ -67,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--audience", choices=("stakeholder", "analyst"), default="stakeholder")
     a.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of each report")
 
-    s = sub.add_parser("schedule", help="list | run-due | daemon | crontab", add_help=False)
+    s = sub.add_parser("schedule", help="list | run-due | daemon | crontab | check | prune", add_help=False)
     s.add_argument("args", nargs=argparse.REMAINDER)
 
     i = sub.add_parser("index", help="rebuild reports/index.html; prints its path")
@@ -98,7 +106,8 @@ def _cmd_run(args) -> int:
     params = runner.parse_assignments(args.params)
     result = runner.run_report(args.report, source=args.source, mapping=args.mapping,
                                param_files=args.param_files, params=params, reports_dir=args.reports_dir,
-                               audience=args.audience, timeout=args.timeout, trigger=args.trigger)
+                               audience=args.audience, timeout=args.timeout, trigger=args.trigger,
+                               gate=args.gate)
     if args.result_json:
         _write_result(result, args.result_json)
     if not str(args.trigger).startswith("schedule"):  # the scheduler audits its runs with the job's context

@@ -78,6 +78,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_DATA = 3
 EXIT_TIMEOUT = 4
 EXIT_LOCKED = 5
+EXIT_GATED = 6  # the notebook succeeded but the data failed the run's gate: not published
 
 
 def project_path(path: str | os.PathLike) -> Path:

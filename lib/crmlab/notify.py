@@ -51,7 +51,7 @@ import os
 import smtplib
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -70,6 +70,7 @@ SMTP_DEFAULT_PORT = 25
 FUNCTIONS: dict[str, int] = {"previous": 1, "change": 1, "pct_change": 1, "metric": 1, "abs": 1,
                              "min": 2, "max": 2}
 METRIC_FUNCTIONS = ("previous", "change", "pct_change", "metric")  # their argument names a metric
+PREVIOUS_FUNCTIONS = ("previous", "change", "pct_change")  # they read the previous run
 _COMPARE = {ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b,
             ast.GtE: lambda a, b: a >= b, ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
@@ -185,15 +186,25 @@ class Rule:
         return f"{self.text} ({shown})" if shown else self.text
 
 
-def parse_rule(text: str) -> Rule:
+def parse_rule(text: str, *, measures: Collection[str] | None = None) -> Rule:
     """Parse an alert rule (see the module docstring for the language).
+
+    Parameters
+    ----------
+    text : str
+        The expression.
+    measures : collection of str, optional
+        The only names the expression may read. A run's gate
+        (:mod:`crmlab.runner`) passes its measures here: names outside them
+        are refused, and so are ``previous``, ``change`` and ``pct_change``
+        (a gate reads the run's own data, never an earlier run).
 
     Raises
     ------
     RuleError
         The text is not a rule: a syntax error, an attribute, a subscript,
         a call to anything but the rule functions, text where a number is
-        expected, ...
+        expected, a name that is not one of ``measures`` ...
 
     Examples
     --------
@@ -213,6 +224,14 @@ def parse_rule(text: str) -> Rule:
         raise RuleError(f"not a valid expression (column {exc.offset})") from None
     names: set[str] = set()
     _check(tree, names)
+    if measures is not None:
+        earlier = sorted({n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call)
+                          and isinstance(n.func, ast.Name) and n.func.id in PREVIOUS_FUNCTIONS})
+        if earlier:
+            raise RuleError(f"{earlier[0]}() reads an earlier run; a gate reads only this run's data")
+        unknown = sorted(n for n in names if n not in measures)
+        if unknown:
+            raise RuleError(f"unknown measure {unknown[0]!r} (measures: {', '.join(measures)})")
     return Rule(text=text, tree=tree, metrics=tuple(sorted(names)))
 
 
@@ -375,10 +394,14 @@ def run_link(run_dir, reports_dir, base_url: str = "") -> str:
 
 def failure_message(*, report: str, job: str | None, status: str, exit_code: int, attempts: int = 1,
                     scheduled_for: str | None = None, error: Mapping | None = None, link: str = "",
-                    time: str | None = None) -> Message:
+                    time: str | None = None, gate: Mapping | None = None) -> Message:
     """The message for a scheduled run that did not succeed.
 
     Only the error's type and cell are quoted (its text may quote data).
+    For a gated run, ``gate`` (the ``gate`` record of its ``run.json``)
+    adds each failed expression with the measures it read -- aggregate
+    numbers the runner computed, never a value from the data -- or the
+    sentence saying why a measure could not be computed.
 
     Examples
     --------
@@ -395,14 +418,36 @@ def failure_message(*, report: str, job: str | None, status: str, exit_code: int
     lines.append(f"Attempts: {attempts}")
     if err.get("ename"):
         lines.append(f"Error: {err['ename']}{where}")
+    failed_checks = [c for c in ((gate or {}).get("checks") or []) if not c.get("passed")]
+    for c in failed_checks:
+        lines.append(f"Gate failed: {gate_check_text(c)}")
     if link:
         lines.append(f"Report page: {link}")
     payload = {"kind": "failure", "report": report, "job": job, "status": status, "exit_code": exit_code,
                "attempts": attempts, "scheduled_for": scheduled_for, "error": err.get("ename"),
                "cell": err.get("cell"), "link": link, "time": time}
+    if gate:
+        payload["gate"] = [{k: c.get(k) for k in ("expression", "values", "passed", "reason")}
+                           for c in gate.get("checks") or []]
     text = "\n".join(lines)
     payload["text"] = f"{subject}\n{text}"
     return Message(subject=subject, text=text, payload=payload)
+
+
+def gate_check_text(check: Mapping) -> str:
+    """One gate check for a person: ``orders_age_days <= 2 (orders_age_days =
+    5)``, or the expression and why it could not be told.
+
+    Examples
+    --------
+    >>> gate_check_text({"expression": "quality_score >= 95", "values": {}, "passed": False,
+    ...                  "reason": "no data-quality run on this data"})
+    'quality_score >= 95: no data-quality run on this data'
+    """
+    values = check.get("values") or {}
+    shown = ", ".join(f"{k} = {_fmt(v)}" for k, v in values.items())
+    text = f"{check.get('expression')} ({shown})" if shown else str(check.get("expression"))
+    return f"{text}: {check['reason']}" if check.get("reason") else text
 
 
 def alert_message(*, report: str, job: str | None, rule_name: str, rule: Rule, values: Mapping,

@@ -17,12 +17,17 @@
    no parameter cells, no stderr, the ``summary`` cells moved up under the
    ``header`` cell, everything inline) -- for a failed run too, with a banner
    naming the failing cell.
-6. ``run.json`` is written (first with status ``running``, at the end with
-   the outcome); on success ``latest.html`` is replaced atomically; the index
-   is rebuilt.
+6. the gate (``--gate EXPR``, a scheduled job's ``gate:``): after the
+   notebook succeeded, each expression is checked on measures of the run's
+   own data (:data:`GATE_MEASURES`); a run whose gate fails is ``gated``
+   (exit 6) and is not published. A measure that cannot be computed fails
+   its expression with a sentence saying why.
+7. ``run.json`` is written (first with status ``running``, at the end with
+   the outcome and the gate's record); on success ``latest.html`` is
+   replaced atomically; the index is rebuilt.
 
 Statuses and exit codes (``config.EXIT_*``): success 0, failed 1, bad_input
-2, no_data 3, timeout 4, skipped 5. A run stopped by a signal has status
+2, no_data 3, timeout 4, skipped 5, gated 6. A run stopped by a signal has status
 ``interrupted`` and exit code 128 + the signal number (143 for SIGTERM, 130
 for SIGINT), as a shell reports a process killed by that signal.
 
@@ -66,6 +71,7 @@ STATUS_EXIT: dict[str, int] = {
     "no_data": config.EXIT_NO_DATA,
     "timeout": config.EXIT_TIMEOUT,
     "skipped": config.EXIT_LOCKED,
+    "gated": config.EXIT_GATED,
 }
 EXIT_STATUS: dict[int, str] = {v: k for k, v in STATUS_EXIT.items()}
 # exception name reported by the kernel -> status of the run
@@ -75,7 +81,7 @@ ENAME_STATUS: dict[str, str] = {
     "ParameterError": "bad_input",
 }
 # worst last: run-all's exit code is that of its worst run
-SEVERITY: tuple[str, ...] = ("success", "skipped", "no_data", "bad_input", "interrupted", "timeout",
+SEVERITY: tuple[str, ...] = ("success", "skipped", "gated", "no_data", "bad_input", "interrupted", "timeout",
                              "failed")
 RUNNER_ONLY: tuple[str, ...] = ("run_dir",)
 TYPES: tuple[str, ...] = ("str", "int", "float", "bool", "list", "dict")
@@ -116,6 +122,7 @@ class RunResult:
     message: str = ""
     duration_s: float = 0.0
     params: dict = field(default_factory=dict)
+    gate: dict | None = None  # the gate's record in run.json (:func:`check_gate`), when the run had one
 
     @property
     def ok(self) -> bool:
@@ -738,6 +745,7 @@ BANNERS: dict[str, str] = {
     "no_data": "This run stopped: there is no data for it",
     "timeout": "This run was stopped: it went past its time limit",
     "interrupted": "This run was interrupted before it finished",
+    "gated": "This run was not published: its data failed the gate",
 }
 
 
@@ -823,6 +831,257 @@ def publish_latest(run_dir: Path) -> Path:
     return latest
 
 
+# -- the gate ---------------------------------------------------------------
+
+# what a gate expression may read: measures of the run's own data (DESIGN.md
+# data contract; docs/scheduling.md "Gates")
+GATE_MEASURES: dict[str, str] = {
+    "quality_score": "the data-quality score (0-100) of this data: the run's own for data-quality, else "
+                     "read from the newest data-quality run on the same source fingerprint",
+    "orders_age_days": "whole days from the newest order date to when the data was extracted "
+                       "(a live database: now)",
+    "quarantined_share": "quarantined rows / rows read, over every table (0..1)",
+    "quarantined_rows": "rows quarantined, over every table",
+    "rows_<table>": "rows read from one table of the contract (rows_orders, rows_customers, ...), "
+                    "quarantined ones included",
+}
+GATE_QUALITY_REPORT = "data-quality"
+GATE_QUALITY_STATUSES = ("success", "gated")  # runs whose notebook computed a quality score
+
+
+def gate_measure_names() -> tuple[str, ...]:
+    """Every name a gate may read: :data:`GATE_MEASURES` with ``rows_<table>``
+    spelled out for each table of the contract (``crmlab.schema.TABLES``)."""
+    from crmlab.schema import TABLES
+
+    return tuple(n for n in GATE_MEASURES if "<" not in n) + tuple(f"rows_{t}" for t in TABLES)
+
+
+def parse_gate(expressions: Iterable[str] | str | None) -> list:
+    """Gate expressions parsed with the alert rules' parser
+    (:func:`crmlab.notify.parse_rule`), reading only :data:`GATE_MEASURES`.
+
+    Returns
+    -------
+    list of crmlab.notify.Rule
+
+    Raises
+    ------
+    ParameterError
+        An expression outside the rule language or reading an unknown
+        measure; the message quotes the expression.
+
+    Examples
+    --------
+    >>> [r.metrics for r in parse_gate(["quality_score >= 95", "orders_age_days <= 2"])]
+    [('quality_score',), ('orders_age_days',)]
+    >>> parse_gate(["revenue > 0"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    crmlab.exceptions.ParameterError: gate expression 'revenue > 0': unknown measure 'revenue' (measures: ...)
+    """
+    from crmlab.notify import RuleError, parse_rule
+
+    if expressions is None:
+        return []
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    rules = []
+    for text in expressions:
+        if not isinstance(text, str):
+            raise ParameterError(f"gate expression {text!r}: must be text, e.g. \"quality_score >= 95\"")
+        try:
+            rules.append(parse_rule(text, measures=gate_measure_names()))
+        except RuleError as exc:
+            raise ParameterError(f"gate expression {text!r}: {exc}") from None
+    return rules
+
+
+def _gate_pending(rules) -> dict | None:
+    """The gate's record before it is checked (and for a run whose notebook
+    did not succeed: the gate was never evaluated)."""
+    if not rules:
+        return None
+    return {"passed": None, "checks": [{"expression": r.text, "values": {}, "passed": None,
+                                        "reason": "not evaluated: the notebook did not succeed"}
+                                       for r in rules], "measures": {}, "measured_from": {}, "not_measured": {}}
+
+
+def gate_measures(names: Iterable[str], *, report: str, run_dir: Path, source_info: Mapping,
+                  params: Mapping, reports_dir) -> tuple[dict, dict, dict]:
+    """The measures a gate reads, from the run's own data.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Keys of :data:`GATE_MEASURES`.
+    report, run_dir
+        The run (``quality_score`` of a data-quality run is its own).
+    source_info : mapping
+        The source check's description (:func:`check_source`): row counts,
+        quarantined rows, fingerprint.
+    params : mapping
+        The run's parameters (``source`` and ``mapping`` are reopened for
+        ``orders_age_days``).
+    reports_dir : path
+
+    Returns
+    -------
+    (dict, dict, dict)
+        ``{measure: number}`` for those computed; ``{measure: sentence}``
+        saying why each other one could not be; ``{measure: where it was
+        read}`` (the data-quality run of ``quality_score``).
+    """
+    names = set(names)
+    values: dict = {}
+    reasons: dict = {}
+    origin: dict = {}
+    checked = bool(source_info.get("checked"))
+    rows = dict(source_info.get("row_counts") or {})
+    quarantined = dict(source_info.get("quarantined") or {})
+    not_checked = "the source was not checked before the run, so its row counts are not known"
+    fingerprint = source_info.get("fingerprint")
+
+    for name in sorted(n for n in names if n.startswith("rows_")):
+        table = name[len("rows_"):]
+        if not checked:
+            reasons[name] = not_checked
+        elif rows.get(table) is None:
+            reasons[name] = f"table {table} is not in this source"
+        else:
+            values[name] = int(rows[table])
+    if names & {"quarantined_rows", "quarantined_share"}:
+        total = sum(int(v or 0) for v in rows.values())
+        bad = sum(int(v or 0) for v in quarantined.values())
+        for name in names & {"quarantined_rows", "quarantined_share"}:
+            if not checked:
+                reasons[name] = not_checked
+            elif name == "quarantined_rows":
+                values[name] = bad
+            elif total == 0:
+                reasons[name] = "the source has no rows, so no share of them can be quarantined"
+            else:
+                values[name] = round(bad / total, 6)
+    if "orders_age_days" in names:
+        value, why = _orders_age_days(params, fingerprint)
+        if why:
+            reasons["orders_age_days"] = why
+        else:
+            values["orders_age_days"] = value
+    if "quality_score" in names:
+        value, why, where = _quality_score(report, run_dir, fingerprint, reports_dir)
+        if why:
+            reasons["quality_score"] = why
+        else:
+            values["quality_score"], origin["quality_score"] = value, where
+    return values, reasons, origin
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return value
+
+
+def _quality_score(report, run_dir, fingerprint, reports_dir) -> tuple[float | None, str | None, str | None]:
+    """``quality_score``: the data-quality run's own, else the newest
+    data-quality run whose notebook succeeded on the same fingerprint."""
+    from crmlab.report import list_runs, read_json
+
+    if report == GATE_QUALITY_REPORT:
+        value = _number(read_json(Path(run_dir) / "metrics.json", {}).get("quality_score"))
+        if value is None:
+            return None, "this data-quality run wrote no quality_score to its metrics.json", None
+        return value, None, f"{report}/{Path(run_dir).name}"
+    if not fingerprint:
+        return None, ("the source's fingerprint is not known, so no data-quality run can be matched to "
+                      "this data"), None
+    rd = config.reports_dir(reports_dir) / GATE_QUALITY_REPORT
+    for run in list_runs(rd):
+        same_data = (run.get("source") or {}).get("fingerprint") == fingerprint
+        if run.get("status") not in GATE_QUALITY_STATUSES or not same_data:
+            continue
+        value = _number(read_json(run["_dir"] / "metrics.json", {}).get("quality_score"))
+        if value is not None:
+            return value, None, f"{GATE_QUALITY_REPORT}/{run['_dir'].name}"
+    return None, (f"no data-quality run on this data (source fingerprint {fingerprint}) has a quality "
+                  f"score; run the data-quality report on the same source first"), None
+
+
+def _orders_age_days(params, fingerprint) -> tuple[int | None, str | None]:
+    """``orders_age_days``: the source reopened; its newest order date
+    (:func:`crmlab.engine.latest_order_date`, quarantined rows left out)
+    against its ``extracted_at`` (a live database: now)."""
+    from crmlab import engine
+
+    try:
+        ds = _open_source(params.get("source") or config.DEFAULT_SOURCE, params.get("mapping"))
+    except CrmlabError as exc:
+        return None, f"the source could not be opened again to measure it: {str(exc).splitlines()[0]}"
+    try:
+        now_fp = getattr(ds, "fingerprint", None)
+        if fingerprint and now_fp != fingerprint:
+            return None, (f"the source changed during the run (fingerprint {fingerprint} before, {now_fp} "
+                          f"after), so its age is not that of this run's data")
+        extracted = getattr(ds, "extracted_at", None)
+        if extracted is None:
+            return None, "the source does not say when its data was extracted"
+        try:
+            newest = engine.latest_order_date(ds.table("orders"))
+        except CrmlabError as exc:
+            return None, str(exc).splitlines()[0]
+        if isinstance(newest, str):
+            newest = dt.date.fromisoformat(newest[:10])
+        day = extracted.date() if isinstance(extracted, dt.datetime) else extracted
+        return int((day - newest).days), None
+    finally:
+        closer = getattr(ds, "close", None)
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                closer()
+
+
+def check_gate(rules, *, report: str, run_dir: Path, source_info: Mapping, params: Mapping,
+               reports_dir) -> dict:
+    """Check a run's gate (after its notebook succeeded).
+
+    Parameters
+    ----------
+    rules : list of crmlab.notify.Rule
+        From :func:`parse_gate`.
+    report, run_dir, source_info, params, reports_dir
+        As :func:`gate_measures` takes them.
+
+    Returns
+    -------
+    dict
+        The record written to ``run.json`` under ``gate``: ``passed`` (every
+        expression held), ``checks`` (one per expression: ``expression``,
+        ``values`` it read, ``passed``, ``reason`` when it could not be
+        told), ``measures``, ``measured_from`` and ``not_measured``
+        (measure -> the sentence why). An expression whose
+        measure could not be computed fails, with the sentence why.
+    """
+    names = sorted({m for r in rules for m in r.metrics})
+    values, reasons, origin = gate_measures(names, report=report, run_dir=run_dir, source_info=source_info,
+                                            params=params, reports_dir=reports_dir)
+    checks = []
+    for rule in rules:
+        verdict, used = rule.evaluate(values)
+        reason = None
+        if verdict is None:
+            missing = [reasons[m] for m in rule.metrics if m in reasons]
+            reason = "; ".join(dict.fromkeys(missing)) if missing else \
+                "cannot be told on these numbers (a division by zero)"
+            if missing:
+                reason = "cannot be computed: " + reason
+        checks.append({"expression": rule.text, "values": used, "passed": verdict is True, "reason": reason})
+        (log.info if verdict else log.warning)("%s: gate %s: %s", report, rule.describe(used),
+                                                "passed" if verdict else f"failed{f' ({reason})' if reason else ''}")
+    return {"passed": all(c["passed"] for c in checks), "checks": checks, "measures": values,
+            "measured_from": origin, "not_measured": reasons}
+
+
 # -- one run ----------------------------------------------------------------
 
 def _refused(report, reports_dir, status, message, trigger, start, params=None, log_it=True, error=None):
@@ -840,7 +1099,7 @@ def _refused(report, reports_dir, status, message, trigger, start, params=None, 
 def run_report(report: str, *, source: str | None = None, mapping: str | None = None,
                param_files: Iterable = (), params: Mapping | None = None, reports_dir=None,
                audience: str = "stakeholder", timeout: float | None = None, trigger: str = "cli",
-               publish: bool = True) -> RunResult:
+               publish: bool = True, gate: Iterable[str] = ()) -> RunResult:
     """Run one report notebook and publish its page.
 
     Parameters
@@ -865,6 +1124,10 @@ def run_report(report: str, *, source: str | None = None, mapping: str | None = 
         Who asked (``cli``, ``run-all``, ``schedule``), recorded in run.json.
     publish : bool
         Replace ``latest.html`` on success and rebuild the index.
+    gate : iterable of str
+        Gate expressions (:func:`parse_gate`) that must all hold on the
+        run's data after the notebook succeeded; else the run is ``gated``
+        (exit 6) and ``latest.html`` keeps the last good page.
 
     Returns
     -------
@@ -886,6 +1149,7 @@ def run_report(report: str, *, source: str | None = None, mapping: str | None = 
     try:
         values = resolve_parameters(report, param_files=param_files, params=params, source=source,
                                     mapping=mapping, audience=audience)
+        gate_rules = parse_gate(gate)
     except CrmlabError as exc:
         return _refused(report, rdir, "bad_input", str(exc), trigger, start)
     audience = values.get("audience", audience)
@@ -908,13 +1172,14 @@ def run_report(report: str, *, source: str | None = None, mapping: str | None = 
                 return _refused(report, rdir, "failed", str(exc), trigger, start, values,
                                 error={"ename": "SourceUnavailable", "evalue": str(exc)})
             return _execute(report, run_id, rdir, values, source_info, audience=audience,
-                            timeout=timeout, trigger=trigger, publish=publish, lock_fd=lock.fd, start=start)
+                            timeout=timeout, trigger=trigger, publish=publish, lock_fd=lock.fd, start=start,
+                            gate=gate_rules)
     except RunLocked as exc:
         return _refused(report, rdir, "skipped", str(exc), trigger, start, values)
 
 
 def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, trigger, publish,
-             lock_fd, start) -> RunResult:
+             lock_fd, start, gate=()) -> RunResult:
     from crmlab.privacy import scrub_text
     from crmlab.report import read_json, write_json
 
@@ -929,7 +1194,7 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
                                                     if k not in ("row_counts", "quarantined")},
         "row_counts": source_info.get("row_counts", {}), "quarantined": source_info.get("quarantined", {}),
         "code_version": code_version(), "packages": package_versions(), "pid": os.getpid(),
-        "kpis": [], "error": None,
+        "kpis": [], "error": None, "gate": _gate_pending(gate),
     }
     write_json(run_dir / "run.json", manifest)
     log.info("%s: running %s (run %s)", report, config.REPORTS[report], run_id)
@@ -1003,13 +1268,25 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
     if received and status != "interrupted":  # the signal came while the child was being stopped
         status, exit_code = "interrupted", 128 + received[0]
         error = {"ename": "Interrupted", "evalue": f"stopped by signal {signal.Signals(received[0]).name}"}
+    gate_s = None
+    if gate and status == "success":  # after the notebook, before the page and latest.html
+        t_gate = time.monotonic()
+        manifest["gate"] = check_gate(gate, report=report, run_dir=run_dir, source_info=source_info,
+                                      params=values, reports_dir=rdir)
+        gate_s = round(time.monotonic() - t_gate, 3)
+        if not manifest["gate"]["passed"]:
+            from crmlab.notify import gate_check_text
+
+            status, exit_code = "gated", config.EXIT_GATED
+            error = {"ename": "GateFailed", "evalue": "; ".join(
+                gate_check_text(c) for c in manifest["gate"]["checks"] if not c["passed"])}
     # the outcome is on record before the page is rendered
     manifest.update({"status": status, "exit_code": exit_code, "error": error, "finished_at": _now(),
                      "duration_s": round(time.monotonic() - start, 3)})
     write_json(run_dir / "run.json", manifest)
 
     nb_path = run_dir / "notebook.ipynb"
-    if status not in ("success", "timeout", "interrupted") and nb_path.exists():
+    if status not in ("success", "gated", "timeout", "interrupted") and nb_path.exists():
         _skip_slow_imports()
         import nbformat
 
@@ -1040,7 +1317,7 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
         "status": status, "exit_code": exit_code, "finished_at": _now(),
         "duration_s": round(time.monotonic() - start, 3),
         "timings": {"source_check_s": source_info.get("check_s"), "execute_s": execute_s,
-                    "render_s": render_s},
+                    "render_s": render_s, **({"gate_s": gate_s} if gate_s is not None else {})},
         "kpis": read_json(run_dir / "kpis.json", []) or [], "error": error,
     })
     manifest["source"].pop("check_s", None)
@@ -1061,7 +1338,8 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
         message += f"{where} ({error.get('ename')}: {error.get('evalue')})"
     (log.info if status == "success" else log.error)("%s", message)
     return RunResult(report=report, run_id=run_id, run_dir=run_dir, status=status, exit_code=exit_code,
-                     error=error, message=message, duration_s=manifest["duration_s"], params=values)
+                     error=error, message=message, duration_s=manifest["duration_s"], params=values,
+                     gate=manifest.get("gate"))
 
 
 # -- every report -----------------------------------------------------------
@@ -1075,8 +1353,11 @@ def exit_code_of(results: Iterable[RunResult]) -> int:
     return worst.exit_code
 
 
-def _cli_args(report, *, source, mapping, reports_dir, audience, timeout, trigger, param_files, params):
+def _cli_args(report, *, source, mapping, reports_dir, audience, timeout, trigger, param_files, params,
+              gate=()):
     args = [sys.executable, "-m", "crmlab.cli", "run", report, "--trigger", trigger, "--audience", audience]
+    for expr in gate or ():
+        args += ["--gate", str(expr)]
     if source:
         args += ["--source", str(source)]
     if mapping:

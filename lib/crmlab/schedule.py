@@ -3,7 +3,7 @@
 ``parameters/schedule.yaml`` (see the file itself and ``docs/scheduling.md``)
 lists the jobs -- report, ``-f`` parameter files, parameters, source, cron
 expression, time zone, time limit, retries, catch-up policy, audience,
-notification channels -- and the global settings: the grace period, the
+notification channels, gate -- and the global settings: the grace period, the
 retention of old runs, alert rules and notification channels.
 
 ::
@@ -82,8 +82,14 @@ job's next run, last outcome and the open alerts, which ``reports/index.html``
 shows. ``--dry-run`` decides as usual but runs nothing and keeps its own
 ``state.dry-run.json`` and ``audit.dry-run.jsonl``.
 
-*After a run.* A failure (``notify_on``) is sent to the job's channels and
-opens an alert until the job succeeds again; alert rules over
+*Gates.* A job's ``gate`` expressions (the alert rules' language, over the
+measures of :data:`crmlab.runner.GATE_MEASURES`) are passed to its run as
+``--gate``: the runner checks them on the run's own data after the notebook
+succeeded, and a run whose gate fails is ``gated`` (exit 6), keeps the last
+good ``latest.html``, is audited with its gate and notifies like a failure.
+
+*After a run.* A failure or a gated run (``notify_on``) is sent to the job's
+channels and opens an alert until the job succeeds again; alert rules over
 ``metrics.json`` (:mod:`crmlab.notify`) are checked after each success and
 notify when they open; old run directories are pruned (``retention``); the
 index is rebuilt.
@@ -126,8 +132,8 @@ SCHEDULE_DIR = "_schedule"
 SCHEDULE_FILE = "schedule.yaml"
 CATCH_UP = ("skip", "latest", "each")
 AUDIENCES = ("stakeholder", "analyst")
-NOTIFY_STATUSES = ("failed", "timeout", "bad_input", "no_data", "interrupted", "skipped")
-DEFAULT_NOTIFY_ON = ("failed", "timeout", "bad_input", "no_data")
+NOTIFY_STATUSES = ("failed", "timeout", "bad_input", "no_data", "gated", "interrupted", "skipped")
+DEFAULT_NOTIFY_ON = ("failed", "timeout", "bad_input", "no_data", "gated")
 PLACEHOLDERS = ("{date}", "{yesterday}", "{scheduled_for}")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4,}$")
@@ -140,6 +146,7 @@ JOB_DEFAULTS: dict = {
     "description": "", "timezone": None, "param_files": [], "params": {}, "source": None,
     "mapping": None, "timeout": None, "retries": {"count": 0, "backoff": "1m", "max_backoff": "1h"},
     "catch_up": "latest", "max_catch_up": 3, "audience": "stakeholder", "notify": [], "enabled": True,
+    "gate": [],
 }
 JOB_REQUIRED = ("name", "report", "cron")
 RETRY_KEYS = ("count", "backoff", "max_backoff")
@@ -375,6 +382,7 @@ class Job:
     audience: str = "stakeholder"
     notify: tuple[str, ...] = ()
     enabled: bool = True
+    gate: tuple[str, ...] = ()  # expressions that must hold on the run's data before it is published
 
     def params_for(self, scheduled_for: dt.datetime) -> dict:
         """The job's parameters with ``{date}`` (the fire's local date),
@@ -712,6 +720,17 @@ def _parse_job(spec: Mapping, defaults: Mapping, where: str, zone: str, check_ta
                 problems.append(f"{where}: field param_files: {exc}")
     if not isinstance(v["enabled"], bool):
         problems.append(f"{where}: field enabled: must be true or false")
+    gate = v["gate"] if v["gate"] is not None else []
+    if isinstance(gate, str):
+        gate = [gate]
+    if not isinstance(gate, list):
+        problems.append(f"{where}: field gate: must be a list of expressions, e.g. [\"quality_score >= 95\"]")
+        gate = []
+    for expr in gate:
+        try:
+            runner.parse_gate([expr])
+        except ParameterError as exc:
+            problems.append(f"{where}: field gate: {exc}")
     targets = check_targets(where, v["notify"])
     if problems:
         return None, problems
@@ -720,7 +739,7 @@ def _parse_job(spec: Mapping, defaults: Mapping, where: str, zone: str, check_ta
                source=str(v["source"]) if v["source"] else None,
                mapping=str(v["mapping"]) if v["mapping"] else None, timeout_s=timeout, retries=retries,
                catch_up=v["catch_up"], max_catch_up=mcu, audience=v["audience"], notify=targets,
-               enabled=v["enabled"]), []
+               enabled=v["enabled"], gate=tuple(" ".join(str(e).split()) for e in gate)), []
 
 
 # -- clocks ------------------------------------------------------------------------
@@ -926,6 +945,11 @@ def audit_run(result: RunResult, *, reports_dir=None, trigger: str = "cli", path
            "status": result.status, "exit_code": result.exit_code,
            "duration_s": round(float(result.duration_s or 0.0), 3),
            "error": err.get("ename"), "cell": err.get("cell")}
+    gate = result.gate or doc.get("gate")
+    if gate:
+        rec["gate"] = {"passed": gate.get("passed"),
+                       "checks": [{k: c.get(k) for k in ("expression", "values", "passed", "reason")}
+                                  for c in gate.get("checks") or []]}
     return append_audit(rec, Path(path) if path else audit_path(reports_dir))
 
 
@@ -1331,7 +1355,8 @@ class Scheduler:
             result_path = tmp / "result.json"
             args = runner._cli_args(job.report, source=job.source, mapping=job.mapping, reports_dir=self.rdir,
                                     audience=job.audience, timeout=job.timeout_s, trigger=f"schedule:{job.name}",
-                                    param_files=files, params=None) + ["--result-json", str(result_path)]
+                                    param_files=files, params=None, gate=job.gate) + [
+                "--result-json", str(result_path)]
             t0 = time.monotonic()
             self._killed = None
             backstop = None
@@ -1361,7 +1386,8 @@ class Scheduler:
                             run_dir=Path(doc["run_dir"]) if doc.get("run_dir") else None,
                             status=doc.get("status", "failed"), exit_code=int(doc.get("exit_code", 1)),
                             error=doc.get("error"), message=doc.get("message", ""),
-                            duration_s=doc.get("duration_s") or seconds, params=doc.get("params") or params)
+                            duration_s=doc.get("duration_s") or seconds, params=doc.get("params") or params,
+                            gate=doc.get("gate"))
         else:
             rc = proc.returncode
             if self._killed == "timeout":
@@ -1469,7 +1495,7 @@ class Scheduler:
             msg = failure_message(report=job.report, job=job.name, status=result.status,
                                   exit_code=result.exit_code, attempts=fire.attempt,
                                   scheduled_for=iso(fire.scheduled_for), error=result.error, link=link,
-                                  time=iso(now))
+                                  time=iso(now), gate=result.gate if result.status == "gated" else None)
             self._notify(job, job.notify, msg, kind="failure")
         for rule, values in opened:
             self._audit("alert-opened", job=job.name, report=job.report, alert=rule.name, when=rule.rule.text,
