@@ -507,3 +507,34 @@ def test_fit_value_models_and_customer_values_on_a_tiny_world():
     text = clv.describe_models(models)
     assert "sample of 1,000 customers" in text and f"{per[0]:.4f}" in text
     assert ("BG/NBD fits" in text) == (per[0] >= per[1])
+
+
+# ------------------------------------------------- data that cannot identify the models
+
+def _clockwork_summary(n=300, seed=0):
+    """Customers who all buy like clockwork and never leave: no spread in
+    purchase rates and no dropout, so r, alpha (and s, beta) run off towards
+    a flat limit of the likelihood (the shop-export example looks like this)."""
+    rng = np.random.default_rng(seed)
+    T = rng.uniform(4, 130, n)
+    gap = 14.0
+    x = np.floor(T / gap)
+    tx = x * gap
+    return x, tx, T
+
+
+@pytest.mark.parametrize("model_cls", [clv.BetaGeoModel, clv.ParetoNBDModel])
+def test_a_flat_likelihood_stops_at_the_parameter_bounds_and_is_flagged(model_cls):
+    """Before: the optimiser chased the flat limit to exp(25), where the
+    Pareto/NBD's hypergeometric terms cost 100x more per evaluation (30 s on
+    the 288 customers of examples/shop-export) and never converged."""
+    x, tx, T = _clockwork_summary()
+    m = model_cls().fit(x, tx, T)
+    assert m.converged_ and m.at_bound_
+    theta = np.log(list(m.params_.values()))
+    assert (np.abs(theta) <= clv._COUNT_LOG_RANGE + np.log(T.mean()) + 1e-9).all()
+    s = pd.DataFrame({"customer_id": np.arange(len(x)), "frequency": x, "recency": tx, "T": T,
+                      "monetary": np.where(x > 0, 20.0, 0.0)})
+    models = clv.ValueModels(bgnbd=m if model_cls is clv.BetaGeoModel else clv.BetaGeoModel().fit(x, tx, T),
+                             pnbd=m if model_cls is clv.ParetoNBDModel else None, gg=None)
+    assert "Caution" in clv.describe_models(models)

@@ -582,3 +582,67 @@ def test_snapshots_can_sample_customers_but_score_everyone(population):
     full = snaps.set_index(["snapshot", "customer_id"])
     part = few[few["snapshot"] == pd.Timestamp(dates["test"])].set_index(["snapshot", "customer_id"])
     pd.testing.assert_frame_equal(part, full.loc[part.index], check_dtype=False)
+
+
+# ------------------------------------------------------------------ awkward shapes (each a crash once)
+
+def _uniform_orders(n_customers=400, n_orders=3200, days=500, seed=0) -> pd.DataFrame:
+    """A plain export: orders spread uniformly over ``days`` days."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "customer_id": rng.integers(1, n_customers + 1, n_orders),
+        "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, days, n_orders), unit="D"),
+        "amount": rng.gamma(2.0, 30.0, n_orders).round(2)})
+
+
+def test_churn_model_leaves_out_signals_missing_in_every_training_row():
+    """500 days of orders: the one training snapshot lies within ``recent_days``
+    of the first order, so ``trend`` is missing for every training customer
+    (scikit-learn's binning fails on an all-missing column)."""
+    orders = _uniform_orders()
+    dates = lc.snapshot_dates("2025-05-14", churn_window=180, start="2024-01-01")
+    snaps = lc.churn_snapshots(orders, dates["train"] + [dates["test"], dates["score"]], churn_window=180,
+                               observation_end="2025-05-14")
+    train = snaps[snaps["snapshot"].isin(pd.to_datetime(dates["train"]))]
+    assert train["trend"].isna().all() and snaps["trend"].notna().any()
+    model = lc.ChurnModel(churn_window=180).fit(snaps)
+    assert "trend" not in model.features_ and "recency_days" in model.features_
+    assert lc.churn_scores(model, snaps, as_of="2025-05-14")["churn_probability"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("shape", ["one_day", "one_order", "small_cohorts", "zero_amounts"])
+def test_cohort_sections_say_what_they_need_instead_of_drawing_nothing(shape):
+    one_day = pd.DataFrame({"customer_id": range(60), "order_date": pd.Timestamp("2025-11-11"), "amount": 30.0})
+    shapes = {
+        "one_day": one_day,
+        "one_order": one_day.head(1),
+        # 50 monthly buyers, one cohort of fewer than ten per month
+        "small_cohorts": pd.DataFrame([(c, d, 25.0) for c in range(50)
+                                       for d in pd.date_range("2024-01-01", "2024-12-01", freq="MS")
+                                       if d.month >= c % 12 + 1], columns=["customer_id", "order_date", "amount"]),
+        "zero_amounts": _uniform_orders(days=400).assign(amount=0.0),
+    }
+    orders = shapes[shape]
+    co = lc.cohort_matrices(orders)
+    for what in ("retention", "revenue"):
+        needs = lc.cohort_needs(co, what)
+        if needs is None:
+            assert lc.cohort_chart(co, what) is not None
+        else:
+            assert "cohort" in needs
+    if shape != "zero_amounts":
+        assert lc.cohort_needs(co, "retention") is not None
+    assert isinstance(lc.describe_cohort_revenue(co), str)
+
+
+def test_report_dates_take_the_snapshot_date_of_every_order_and_name_missing_purchases():
+    orders = pd.DataFrame({"customer_id": [1, 1, 2], "amount": [10.0, 12.0, 5.0],
+                           "order_date": pd.to_datetime(["2025-01-01", "2025-03-01", "2025-04-01"]),
+                           "status": ["paid", "paid", "refunded"]})
+    days = lc.purchase_days(orders)
+    d = lc.report_dates(days, orders=orders)
+    assert d["as_of"] == dt.date(2025, 4, 1) and d["latest"] == dt.date(2025, 3, 1)  # engine.snapshot_date
+    from crmlab.exceptions import NoDataError
+    refunded = orders.assign(status="refunded")
+    with pytest.raises(NoDataError, match="no purchases"):
+        lc.report_dates(lc.purchase_days(refunded), orders=refunded)

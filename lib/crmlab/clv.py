@@ -53,6 +53,7 @@ from scipy.optimize import minimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 from threadpoolctl import threadpool_limits
 
+from crmlab import engine
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 
 #: days per unit of ``time_unit``
@@ -61,9 +62,6 @@ TIME_UNITS: dict[str, float] = {"D": 1.0, "W": 7.0, "M": 365.25 / 12}
 #: the length of one discounting period (a month) in days
 MONTH_DAYS = 365.25 / 12
 
-#: order statuses that are not purchases (an optional ``status`` column)
-EXCLUDED_STATUSES: tuple[str, ...] = ("refunded", "cancelled", "canceled")
-
 #: the columns of the customer-day table (:func:`customer_days`)
 DAY_COLUMNS: tuple[str, ...] = ("customer_id", "day", "amount", "n_orders", "first_day")
 
@@ -71,6 +69,14 @@ DAY_COLUMNS: tuple[str, ...] = ("customer_id", "day", "amount", "n_orders", "fir
 HOLDOUT_SHARE = 0.25
 
 _LOG_BOUNDS = (-25.0, 25.0)
+
+#: how far (in log units) the count models' parameters may go: shapes within
+#: exp(+-8), time scales (alpha, beta) within exp(+-8) of the mean time with
+#: us. Beyond that a likelihood only flattens towards a limit (no spread in
+#: purchase rates, no dropout) that the data cannot tell apart, while the
+#: Pareto/NBD's hypergeometric terms get ~100x dearer per evaluation: an
+#: unbounded chase took 30 s on 288 customers and never converged.
+_COUNT_LOG_RANGE = 8.0
 
 
 def _blas_single_thread(func):
@@ -122,27 +128,6 @@ def _ibis_table(orders):
     return orders
 
 
-def paid_orders(orders, *, status_col: str = "status"):
-    """Orders that are purchases: drops rows whose optional ``status`` is one
-    of :data:`EXCLUDED_STATUSES` (case and surrounding spaces ignored).
-
-    Parameters
-    ----------
-    orders : ibis.Table
-        One row per order; ``status`` is optional.
-
-    Returns
-    -------
-    ibis.Table
-        The same columns, refunded and cancelled orders removed.
-    """
-    t = _ibis_table(orders)
-    if status_col not in t.columns:
-        return t
-    s = t[status_col].strip().lower()
-    return t.filter(s.isnull() | ~s.isin(list(EXCLUDED_STATUSES)))
-
-
 def is_day_table(table) -> bool:
     """Whether a table is already the customer-day table of :func:`customer_days`."""
     return set(getattr(table, "columns", ())) == set(DAY_COLUMNS)
@@ -156,9 +141,9 @@ def customer_days(orders, *, as_of=None, customers=None, customer_id_col: str = 
     ``customer_id, day, amount, n_orders, first_day`` -- one row per
     customer per day with a purchase (same-day orders are one transaction),
     ``amount`` summed and ``n_orders`` counted over the day, ``first_day``
-    the customer's first purchase day. Refunded
-    and cancelled orders are dropped (:func:`paid_orders`); orders after
-    ``as_of`` are ignored.
+    the customer's first purchase day. Only purchases count
+    (:func:`crmlab.engine.purchases`: refunded and cancelled orders are
+    not); orders after ``as_of`` are ignored.
 
     A table that already is a customer-day table (the columns of
     :data:`DAY_COLUMNS`, e.g. one made once and cached in the engine with
@@ -184,7 +169,7 @@ def customer_days(orders, *, as_of=None, customers=None, customer_id_col: str = 
         t, cutoff = _ibis_table(orders), _as_date(as_of)
         t = t if customers is None else t.semi_join(customers.select("customer_id"), "customer_id")
         return t if cutoff is None else t.filter(t.day <= cutoff)
-    t = paid_orders(orders)
+    t = engine.purchases(_ibis_table(orders))
     day = t[date_col].date() if t[date_col].type().is_timestamp() else t[date_col].cast("date")
     t = t.mutate(_day=day)
     cutoff = _as_date(as_of)
@@ -201,15 +186,26 @@ def customer_days(orders, *, as_of=None, customers=None, customer_id_col: str = 
 
 
 def observed_window(orders, *, date_col: str = "order_date") -> tuple[dt.date, dt.date]:
-    """The first and last order dates (one small query)."""
+    """The first and last order dates (one small query); of a customer-day
+    table, the first and last purchase days."""
     t = _ibis_table(orders)
-    if is_day_table(t):
+    days = is_day_table(t)
+    if days:
         date_col = "day"
     res = t.aggregate(lo=t[date_col].min(), hi=t[date_col].max()).to_pandas()
     lo, hi = res["lo"].iloc[0], res["hi"].iloc[0]
     if pd.isna(lo):
-        raise NoDataError("table orders has no rows with an order_date")
+        raise NoDataError("table orders has no purchases (orders that are not refunded or cancelled) "
+                          "with an order_date" if days else "table orders has no rows with an order_date")
     return _as_date(lo), _as_date(hi)
+
+
+def snapshot_of(orders, as_of=None, *, date_col: str = "order_date") -> dt.date:
+    """The snapshot date (:func:`crmlab.engine.snapshot_date`: ``as_of`` when
+    given, else the newest order) of an orders table or pandas frame; of a
+    customer-day table, its newest purchase day."""
+    t = _ibis_table(orders)
+    return engine.snapshot_date(t, as_of, date_col="day" if is_day_table(t) else date_col)
 
 
 def default_calibration_end(start, end, *, holdout_share: float = HOLDOUT_SHARE) -> dt.date:
@@ -272,7 +268,7 @@ def transaction_summary(orders, *, calibration_end=None, observation_end=None,
     unit = _time_unit(time_unit)
     t = _ibis_table(orders)
     if observation_end in (None, ""):
-        observation_end = observed_window(t, date_col=date_col)[1]
+        observation_end = snapshot_of(t, date_col=date_col)
         if calibration_end not in (None, ""):
             observation_end = max(observation_end, _as_date(calibration_end))
     obs_end = _as_date(observation_end)
@@ -410,11 +406,15 @@ def _pairs(a: np.ndarray, b: np.ndarray):
     return np.asarray(ua)[uk // len(ub)], np.asarray(ub)[uk % len(ub)], ck
 
 
-def _minimize(fun, theta0, *, max_iter: int, tol: float):
+def _minimize(fun, theta0, *, max_iter: int, tol: float, bounds=None):
     res = minimize(fun, np.asarray(theta0, dtype="float64"), jac=True, method="L-BFGS-B",
-                   bounds=[_LOG_BOUNDS] * len(theta0),
+                   bounds=bounds or [_LOG_BOUNDS] * len(theta0),
                    options={"maxiter": max_iter, "ftol": tol, "gtol": tol * 1e2, "maxcor": 20})
     return res
+
+
+def _at_bound(theta, bounds) -> bool:
+    return any(min(t - lo, hi - t) < 1e-6 for t, (lo, hi) in zip(theta, bounds))
 
 
 def _log1mexp(d):
@@ -428,6 +428,7 @@ class _CountModel:
     """Shared plumbing of the two transaction-count models."""
 
     _names: tuple[str, ...] = ()
+    _time_scales: tuple[str, ...] = ("alpha",)  # parameters in the unit of T
 
     def __init__(self, *, max_iter: int = 1000, tol: float = 1e-12):
         self.max_iter = max_iter
@@ -438,6 +439,12 @@ class _CountModel:
 
     def _start(self, g: _Groups) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _bounds(self, g: _Groups) -> list[tuple[float, float]]:
+        """Log-parameter bounds (see :data:`_COUNT_LOG_RANGE`)."""
+        centre = math.log(max(float(np.dot(g.w, g.Tu[g.Ti]) / g.w.sum()), 1e-9))
+        return [(centre - _COUNT_LOG_RANGE, centre + _COUNT_LOG_RANGE) if k in self._time_scales
+                else (-_COUNT_LOG_RANGE, _COUNT_LOG_RANGE) for k in self._names]
 
     def _nll(self, theta, g: _Groups):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -458,8 +465,9 @@ class _CountModel:
         -------
         self
             With ``params_`` (dict), ``loglik_`` (total log-likelihood),
-            ``n_customers_``, ``n_groups_`` (distinct summaries), ``n_iter_``
-            and ``converged_``.
+            ``n_customers_``, ``n_groups_`` (distinct summaries), ``n_iter_``,
+            ``converged_`` and ``at_bound_`` (some parameter stopped at its
+            bound: the data do not pin it down, see :data:`_COUNT_LOG_RANGE`).
         """
         x, tx, T, w = _check_summary(frequency, recency, T, weights)
         g = _Groups.build(x, tx, T, w)
@@ -469,8 +477,11 @@ class _CountModel:
             ll, grad = self._nll(theta, g)
             return -ll / total, -grad / total
 
-        res = _minimize(fun, self._start(g), max_iter=self.max_iter, tol=self.tol)
+        bounds = self._bounds(g)
+        start = np.clip(self._start(g), [lo for lo, _ in bounds], [hi for _, hi in bounds])
+        res = _minimize(fun, start, max_iter=self.max_iter, tol=self.tol, bounds=bounds)
         self.params_ = dict(zip(self._names, (float(v) for v in np.exp(res.x))))
+        self.at_bound_ = _at_bound(res.x, bounds)
         self.loglik_ = float(-res.fun * total)
         self.n_customers_ = float(total)
         self.n_groups_ = int(g.n)
@@ -817,6 +828,7 @@ class ParetoNBDModel(_CountModel):
     """
 
     _names = ("r", "alpha", "s", "beta")
+    _time_scales = ("alpha", "beta")
     _fd_step = 1e-5
 
     def _start(self, g: _Groups) -> np.ndarray:
@@ -1167,7 +1179,7 @@ def tracking_series(orders, model, *, calibration_end, observation_end=None, tim
     unit = _time_unit(time_unit)
     t = _ibis_table(orders)
     if observation_end in (None, ""):
-        observation_end = observed_window(t, date_col=date_col)[1]
+        observation_end = snapshot_of(t, date_col=date_col)
     obs_end, cal_end = _as_date(observation_end), _as_date(calibration_end)
     d = customer_days(t, as_of=obs_end, customer_id_col=customer_id_col, date_col=date_col,
                       amount_col=amount_col)
@@ -1323,7 +1335,8 @@ def describe_models(models: ValueModels) -> str:
                  "customers with few purchases are valued closer to that mean than to their own average.")
     shaky = [label for label, m in (("BG/NBD", models.bgnbd), ("Pareto/NBD", models.pnbd),
                                     ("Gamma-Gamma", models.gg))
-             if m is not None and (not m.converged_ or max(m.params_.values()) > 1e5)]
+             if m is not None and (not m.converged_ or getattr(m, "at_bound_", False)
+                                   or max(m.params_.values()) > 1e5)]
     if shaky:
         text += (f" Caution: the {_join_words(shaky)} fit ran some parameters to extreme values "
                  "-- the data hold little information about them (often: too few customers or too "

@@ -46,7 +46,8 @@ import pandas as pd
 import yaml
 from threadpoolctl import threadpool_limits
 
-from crmlab.clv import _as_date, _ibis_table, customer_days, ibis_date, observed_window
+from crmlab import engine
+from crmlab.clv import _as_date, _ibis_table, customer_days, ibis_date, observed_window, snapshot_of
 from crmlab.config import MIN_GROUP_SIZE
 from crmlab.exceptions import NoDataError, ParameterError
 
@@ -143,7 +144,7 @@ def customer_activity(orders, *, as_of=None, recent_days: int | None = None, rul
     r = _rules(rules)
     recent = int(recent_days if recent_days is not None else r.get("recent_days", 180))
     t = _ibis_table(orders)
-    as_of = _as_date(as_of) or observed_window(t, date_col=date_col)[1]
+    as_of = snapshot_of(t, as_of, date_col=date_col)
     d = customer_days(t, as_of=as_of, customer_id_col=customer_id_col, date_col=date_col,
                       amount_col=amount_col)
     recent_start = as_of - dt.timedelta(days=recent)
@@ -279,6 +280,7 @@ class Cohorts:
     revenue: pd.DataFrame
     revenue_per_customer: pd.DataFrame
     period: str = "M"
+    min_size: int = MIN_GROUP_SIZE
 
 
 _PERIOD_UNITS = {"M": "month", "W": "week"}
@@ -312,7 +314,7 @@ def cohort_matrices(orders, *, as_of=None, period: str = "M", max_periods: int =
         raise ParameterError(f"period must be one of {sorted(_PERIOD_UNITS)}, got {period!r}")
     unit = _PERIOD_UNITS[period]
     t = _ibis_table(orders)
-    as_of = _as_date(as_of) or observed_window(t, date_col=date_col)[1]
+    as_of = snapshot_of(t, as_of, date_col=date_col)
     d = customer_days(t, as_of=as_of, customer_id_col=customer_id_col, date_col=date_col,
                       amount_col=amount_col)
     trunc = "M" if period == "M" else "W"
@@ -346,7 +348,36 @@ def cohort_matrices(orders, *, as_of=None, period: str = "M", max_periods: int =
         f.columns.name = f"{unit}s since first purchase"
     sizes.index = sizes.index.strftime(label)
     return Cohorts(sizes=sizes.rename("customers"), retention=retention, revenue=rev,
-                   revenue_per_customer=rev.div(sizes.replace(0, np.nan), axis=0), period=period)
+                   revenue_per_customer=rev.div(sizes.replace(0, np.nan), axis=0), period=period,
+                   min_size=int(min_size))
+
+
+def _cohort_grid(cohorts: Cohorts, what: str, max_periods: int) -> pd.DataFrame:
+    """The cells a cohort map shows: retention in periods 1 .. ``max_periods``,
+    or cumulative revenue per customer in periods 0 .. ``max_periods``."""
+    if what == "retention":
+        return cohorts.retention.loc[:, 1:max_periods]
+    if what == "revenue":
+        return cohorts.revenue_per_customer.cumsum(axis=1, skipna=False).loc[:, 0:max_periods]
+    raise ParameterError(f"what must be 'retention' or 'revenue', got {what!r}")
+
+
+def cohort_needs(cohorts: Cohorts, what: str = "retention", *, max_periods: int = 12) -> str | None:
+    """What a cohort map lacks, or None when it has something to show.
+
+    Decided from the cohorts themselves, before drawing: the retention map
+    needs a cohort of at least ``min_size`` customers observed for at least
+    one period after its first (one day of orders, a single order or cohorts
+    of a handful of customers each have none); the revenue map needs a cohort
+    of at least ``min_size`` customers.
+    """
+    if _cohort_grid(cohorts, what, max_periods).notna().any().any():
+        return None
+    unit = _PERIOD_UNITS[cohorts.period]
+    if what == "retention":
+        return (f"an acquisition cohort of at least {cohorts.min_size} customers followed for at least one "
+                f"{unit} after its first purchase")
+    return f"an acquisition cohort of at least {cohorts.min_size} customers"
 
 
 def describe_cohorts(cohorts: Cohorts, *, at: int | None = None) -> str:
@@ -567,7 +598,7 @@ def churn_snapshots(orders, snapshots, *, churn_window: int | None = None, recen
     window = int(churn_window if churn_window is not None else r.get("churn_window", 180))
     recent = int(recent_days if recent_days is not None else r.get("recent_days", 180))
     t = _ibis_table(orders)
-    end = _as_date(observation_end) or observed_window(t, date_col=date_col)[1]
+    end = snapshot_of(t, observation_end, date_col=date_col)
     snaps = sorted({_as_date(s) for s in snapshots})
     if not snaps:
         raise ParameterError("no snapshot dates")
@@ -820,14 +851,17 @@ class ChurnModel:
         if lab.empty:
             raise NoDataError("no snapshot with a known churn label: the data must span more "
                               "than the churn window")
-        self.features_ = [c for c in snapshots.columns if c not in _NOT_FEATURES
-                          and snapshots[c].notna().any()]
         dates = sorted(lab["snapshot"].unique())
         test_date = dates[-1]
         window = pd.Timedelta(days=self.churn_window)
         train_dates = [s for s in dates if s + window <= test_date]
         if not train_dates:
             raise NoDataError("no snapshot early enough to train on without seeing the test period")
+        # a signal the training rows never carry (``trend`` when every training date lies
+        # within ``recent_days`` of the first order) cannot be learned: leave it out
+        learn = lab[lab["snapshot"].isin(train_dates)]
+        self.features_ = [c for c in snapshots.columns if c not in _NOT_FEATURES
+                          and learn[c].notna().any()]
         train = self._sample(lab[lab["snapshot"].isin(train_dates)], self.max_train_rows, rng)
         test = lab[lab["snapshot"] == test_date]
         for name, part in (("training", train), ("test", test)):
@@ -1390,14 +1424,18 @@ def _cached(table):
         return table
 
 
-def report_dates(orders, *, as_of=None, calibration_end=None, holdout_share: float | None = None,
+def report_dates(days, *, orders=None, as_of=None, calibration_end=None, holdout_share: float | None = None,
                  min_holdout_days: int = 28) -> dict:
     """The dates a lifecycle run needs, from one small query.
 
     Parameters
     ----------
-    orders : ibis.Table
-        Orders, or their customer-day table.
+    days : ibis.Table
+        The customer-day table of the purchases (:func:`purchase_days`), or
+        the orders themselves.
+    orders : ibis.Table, optional
+        The orders (every status): the snapshot date is theirs
+        (:func:`crmlab.engine.snapshot_date`); default: ``days``.
     as_of : str | date | None
         Snapshot date; empty: the latest order date.
     calibration_end : str | date | None
@@ -1417,14 +1455,16 @@ def report_dates(orders, *, as_of=None, calibration_end=None, holdout_share: flo
     ParameterError
         ``calibration_end`` not strictly between the first order and ``as_of``.
     NoDataError
-        No order on or before ``as_of``.
+        No purchase on or before ``as_of`` (every order refunded or cancelled,
+        or none that early).
     """
     from crmlab.clv import HOLDOUT_SHARE, default_calibration_end
 
-    first, latest = observed_window(orders)
-    day = _as_date(as_of) or latest
+    day = snapshot_of(days if orders is None else orders, as_of)
+    first, latest = observed_window(days)
     if day < first:
-        raise NoDataError(f"no orders on or before as_of {day:%Y-%m-%d} (the first is {first:%Y-%m-%d})")
+        raise NoDataError(f"table orders has no purchases on or before as_of {day:%Y-%m-%d} "
+                          f"(the first is on {first:%Y-%m-%d})")
     given = _as_date(calibration_end)
     if given is not None:
         if not first < given < day:
@@ -1646,16 +1686,16 @@ def cohort_chart(cohorts: Cohorts, what: str = "retention", *, max_cohorts: int 
     of the period, acquisition period included). Cohorts under the minimum
     size are blank. Returns a matplotlib figure.
     """
-    plt, charts = _pyplot()
     unit = _PERIOD_UNITS[cohorts.period]
+    grid = _cohort_grid(cohorts, what, max_periods)
+    needs = cohort_needs(cohorts, what, max_periods=max_periods)
+    if needs is not None:
+        raise NoDataError(f"no cohort map to draw: it needs {needs} (check cohort_needs first)")
+    plt, charts = _pyplot()
     if what == "retention":
-        grid = cohorts.retention.loc[:, 1:max_periods]
         fmt, title, cmap = ".0%", f"Share of each cohort buying again, by {unit} since the first purchase", "Blues"
-    elif what == "revenue":
-        grid = cohorts.revenue_per_customer.cumsum(axis=1, skipna=False).loc[:, 0:max_periods]
-        fmt, title, cmap = ",.0f", f"Cumulative revenue per customer, by {unit} since the first purchase", "Greens"
     else:
-        raise ParameterError(f"what must be 'retention' or 'revenue', got {what!r}")
+        fmt, title, cmap = ",.0f", f"Cumulative revenue per customer, by {unit} since the first purchase", "Greens"
     seen = np.flatnonzero(grid.notna().any(axis=1).to_numpy())
     grid = grid.iloc[: seen[-1] + 1 if len(seen) else 0].iloc[-max_cohorts:]  # not the cohorts too new to show
     fig, ax = plt.subplots(figsize=(min(2.5 + 0.75 * grid.shape[1], 14), min(1.4 + 0.32 * grid.shape[0], 11)))
@@ -1685,6 +1725,8 @@ def describe_cohort_revenue(cohorts: Cohorts, *, at: int | None = None, currency
     w0 = cohorts.sizes.reindex(first.index)
     start = float(np.average(first, weights=w0)) if w0.sum() else float(first.mean())
     cur = f" {currency}" if currency else ""
+    if not typical > 0:
+        return "Customers' purchases so far carry no revenue (every amount is zero), so cohorts are not compared on spend."
     return (f"A customer spends about {start:,.0f}{cur} in their first {unit} and {typical:,.0f}{cur} in total "
             f"by the end of {unit} {k} (weighted over {len(col)} cohorts): "
             f"{'most' if start / typical > 0.5 else 'much'} of a customer's value comes "
