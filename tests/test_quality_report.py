@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 from conftest import assert_no_personal_values
-from crmlab import config, dedupe, quality, sources, synthetic
+from crmlab import config, dedupe, quality, schema, sources, synthetic
+from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 from crmlab.runner import run_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notebooks"))
@@ -187,3 +188,184 @@ def test_each_defect_class_is_found_without_false_alarms(demo, defect):
     clean_rows = sum(data.count(t) for t in tables) - len({k for k in dirty if k[0] in tables})
     alarms = {(t, int(r)) for t, r in zip(found["table"], found["row"])} - dirty
     assert len(alarms) / clean_rows < 0.01, f"{defect}: {len(alarms)} false alarms"
+
+
+# ----------------------------------------------------------------------------- foreign shapes
+#
+# Each shape runs the notebook's own code cells in this process, as papermill
+# would (the runner's contract check first, the parameters injected after the
+# parameters cell), with the page's HTML collected from Report: a few seconds
+# a shape instead of a kernel, an nbconvert and a page per shape.
+
+NOTEBOOK = config.project_root() / "notebooks" / config.REPORTS["data-quality"]
+REFUSED = (NoDataError, DataContractError, ParameterError)
+
+
+def run_cells(source: Path, run_dir: Path, **params) -> tuple[str, dict]:
+    """(the page's visible HTML, metrics.json) of the notebook on ``source``;
+    raises what the contract check or a cell raised."""
+    from unittest import mock
+
+    from crmlab import report, runner
+
+    runner.check_source(str(source), params.get("mapping") or None)
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    shown: list[str] = []
+    ns: dict = {}
+    inject = {"source": str(source), "run_dir": str(run_dir), **params}
+    with mock.patch.object(report, "_display", shown.append):
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), ns)
+            if "parameters" in cell.get("metadata", {}).get("tags", []):
+                ns.update(inject)
+    return "\n".join(shown), json.loads((run_dir / "metrics.json").read_text())
+
+
+def write(d: Path, **tables: str) -> Path:
+    """A directory source: ``name=csv text`` per table (``bytes`` kept as they are)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in tables.items():
+        p = d / f"{name}.csv"
+        p.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return d
+
+
+SPREADSHEET = {
+    "orders": ("order_id,customer_id,order_date,amount,status\n"
+               '1,00042,2024/3/5,"¥1,234.50",paid\n'
+               "2,00043,2024/3/6,¥99.00,paid\n"
+               '3,42,2024/3/7,"¥2,000.00",refunded\n'
+               ",,,,\n"
+               "4,00044,2024/3/8,¥15.20,\n"),
+    "customers": ("customer_id,name,email,phone,signup_date\n"
+                  "00042,Ann Lee,ann@example.com,13912345670,2023/1/2\n"
+                  "00043,Bob Ray,bob@example.com,,2023/2/3\n"
+                  "42,Carl Zed,carl@example.com,+8613812345679,2023/3/4\n"
+                  ",,,,\n"
+                  "00044,Dee Fox,dee@example,123,2023/4/5\n"),
+}
+
+
+def test_spreadsheet_export_publishes_and_quarantines_the_empty_row(tmp_path):
+    src = write(tmp_path / "src", **SPREADSHEET)
+    html, m = run_cells(src, tmp_path / "run")
+    assert m["rows_orders"] == 5 and m["rows_customers"] == 5
+    assert m["orphan_orders"] == 0                       # 00042 and 42 are two customers
+    assert m["duplicate_rate"] == 0 and m["quarantined_rows"] == 2
+    q = pd.read_csv(tmp_path / "run" / "exports" / "quarantine.csv")
+    assert set(zip(q["table"], q["row"], q["check"])) >= {("orders", 4, "not_null"),
+                                                         ("customers", 4, "not_null")}
+    key = pd.read_csv(tmp_path / "run" / "exports" / "customer_key.csv", dtype=str)
+    assert sorted(key["customer_id"]) == ["00042", "00043", "00044", "42"]
+    assert "Ann Lee" not in html and "13912345670" not in html
+
+
+def test_spreadsheet_export_end_to_end(tmp_path):
+    src = write(tmp_path / "src", **SPREADSHEET)
+    res = run_report("data-quality", source=str(src), reports_dir=tmp_path / "reports")
+    assert res.exit_code == 0, res.message
+
+
+@pytest.mark.parametrize("content", ["", "customer_id,order_date,amount\n"])
+def test_empty_orders_refuse_with_no_data(tmp_path, content):
+    src = write(tmp_path / "src", orders=content)
+    res = run_report("data-quality", source=str(src), reports_dir=tmp_path / "reports")
+    assert res.exit_code == 3 and "orders" in res.message, res.message
+    assert "empty" in res.message or "no usable rows" in res.message
+
+
+ORDERS = ("order_id,customer_id,order_date,amount,status\n"
+          + "".join(f"{i},{i % 4 + 1},2024-0{i % 6 + 1}-1{i % 9},{10 + 3 * i}.5,paid\n"
+                    for i in range(1, 25)))
+
+
+@pytest.mark.parametrize("table", [t for t in schema.TABLES if t != "orders"])
+def test_each_optional_table_zero_byte_is_absent(tmp_path, table):
+    src = write(tmp_path / "src", orders=ORDERS, **{table: ""})
+    html, m = run_cells(src, tmp_path / "run", dedupe=False)
+    assert m["rows_orders"] == 24 and f"rows_{table}" not in m
+    assert "Not available: needs customers" in html if table == "customers" else True
+
+
+def _orders(rows) -> str:
+    return "order_id,customer_id,order_date,amount,status\n" + "".join(rows)
+
+
+def _amounts(value) -> str:
+    return _orders(f"{i},{i % 3 + 1},2024-01-0{i % 9 + 1},{value(i)},paid\n" for i in range(1, 20))
+
+
+ONE_CUSTOMER = ORDERS.replace(",2,2024", ",1,2024").replace(",3,2024", ",1,2024").replace(",4,2024", ",1,2024")
+LATIN1 = "customer_id,name,city\n1,José Müller,Zürich\n2,Renée Côté,Montréal\n3,Ana,Lyon\n4,Bo,Köln\n"
+NEEDS_CUSTOMERS = "Not available: needs customers.customer_id (or another table that rows point to)"
+NEEDS_TWO = "Not available: needs at least 2 customer records with a customer_id"
+
+# shape -> (tables, what the page must say); every shape publishes
+SHAPES = {
+    "orders only": (dict(orders=ORDERS), NEEDS_CUSTOMERS),
+    "one order": (dict(orders=_orders(["1,1,2024-01-01,10,paid\n"])), NEEDS_CUSTOMERS),
+    "one customer": (dict(orders=ONE_CUSTOMER, customers="customer_id,name,email,phone\n"
+                          "1,Ann Lee,ann@example.com,13912345670\n"), NEEDS_TWO),
+    "one customer, only its id": (dict(orders=_orders(["1,1,2024-01-01,10,paid\n"]),
+                                       customers="customer_id\n1\n"), NEEDS_TWO),
+    "customers with only customer_id": (dict(orders=ORDERS, customers="customer_id\n1\n2\n3\n4\n"),
+                                        "Not available: needs customers.email, customers.phone"),
+    "customers without any id": (dict(orders=ORDERS, customers="customer_id,name\n,\n,A\n"),
+                                 NEEDS_TWO),
+    "Chinese names and emoji": (dict(orders=ORDERS, customers=(
+        "customer_id,name,email,city\n1,张伟😀,a@qq.com,北京\n2,李娜🎉,b@163.com,上海\n"
+        "3,王芳,,深圳\n4,欧阳娜娜👍🏽,d@qq.com,广州\n")), "Duplicate customers"),
+    "no status column": (dict(orders="customer_id,order_date,amount\n1,2024-01-01,10\n"
+                              "2,2024-01-02,20\n"), "Recommended fixes"),
+    "all refunded": (dict(orders=ORDERS.replace("paid", "refunded")), "Recommended fixes"),
+    "equal amounts": (dict(orders=_amounts(lambda i: 50)), "Outliers"),
+    "zero amounts": (dict(orders=_amounts(lambda i: 0)), "Recommended fixes"),
+    "some amounts 1e12": (dict(orders=_amounts(lambda i: "1e12" if i % 2 else 10)),
+                          "absurd amounts"),
+    "some negative amounts": (dict(orders=_amounts(lambda i: -i if i % 2 else i)),
+                              "negative amounts"),
+    "every order on one day": (dict(orders=_orders(f"{i},{i % 3 + 1},2024-01-01,{i},paid\n"
+                                                   for i in range(1, 20))), "Outliers"),
+    "Latin-1 customers, encoding declared": (dict(orders=ORDERS, customers=LATIN1.encode("latin-1"),
+                                                  _mapping="encoding: latin-1\n"), "Duplicate customers"),
+}
+
+# shape -> (tables, exit code, words of the refusal)
+REFUSALS = {
+    "Latin-1 customers, encoding not declared": (
+        dict(orders=ORDERS, customers=LATIN1.encode("latin-1")), 2, "declare its encoding"),
+    "unknown status words only": (dict(orders=ORDERS.replace("paid", "pending")), 3, "orders"),
+    "negative amounts only": (dict(orders=_amounts(lambda i: -i)), 3, "orders"),
+    "every amount 1e12": (dict(orders=_amounts(lambda i: "1e12")), 3, "orders"),
+}
+
+
+def _source(tmp_path: Path, tables: dict) -> tuple[Path, dict]:
+    tables = dict(tables)
+    params = {}
+    if "_mapping" in tables:
+        m = tmp_path / "mapping.yaml"
+        m.write_text(tables.pop("_mapping"), encoding="utf-8")
+        params["mapping"] = str(m)
+    return write(tmp_path / "src", **tables), params
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_awkward_shapes_publish(tmp_path, shape):
+    tables, says = SHAPES[shape]
+    src, params = _source(tmp_path, tables)
+    html, m = run_cells(src, tmp_path / "run", **params)
+    assert says in html
+    assert m["rows_orders"] == tables["orders"].count("\n") - 1
+    assert m["quality_score"] is not None and 0 <= m["quality_score"] <= 100
+
+
+@pytest.mark.parametrize("shape", list(REFUSALS))
+def test_awkward_shapes_refuse_with_a_sentence(tmp_path, shape):
+    tables, code, words = REFUSALS[shape]
+    src, params = _source(tmp_path, tables)
+    with pytest.raises(REFUSED) as info:
+        run_cells(src, tmp_path / "run", **params)
+    assert info.value.exit_code == code and words in str(info.value)

@@ -66,13 +66,16 @@ import numpy as np
 import pandas as pd
 
 from crmlab import quality
-from crmlab.exceptions import DataContractError
+from crmlab.exceptions import DataContractError, NoDataError
 
 log = logging.getLogger(__name__)
 
 # identifying roles and the canonical column each reads by default
 ROLES = ("name", "first_name", "last_name", "email", "phone", "address", "city", "postcode",
          "birth_date", "national_id")
+
+#: Records (with an id) below which there is no pair to compare.
+MIN_RECORDS = 2
 
 # plain names of the prepared fields, for the page
 FIELD_LABELS = {
@@ -575,6 +578,9 @@ class CustomerDeduplicator:
                                      default_region=self.default_region, phones=self.phones)
         data = prepared.to_pyarrow()
         self.n_records_ = data.num_rows
+        if self.n_records_ < MIN_RECORDS:
+            raise NoDataError(f"duplicate customers need at least {MIN_RECORDS} customer records "
+                              f"with an id; customers has {self.n_records_}")
         fields = [c for c in data.column_names if c not in ("unique_id", "email_user")
                   and data.column(c).null_count < data.num_rows]
         self.fields_ = fields

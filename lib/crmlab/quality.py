@@ -1988,7 +1988,8 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | str | N
         from crmlab import dedupe as _dedupe
         cust = raw["customers"]
         ident = [c for c in _dedupe.ROLES if c in cust.columns]
-        if ident and "customer_id" in cust.columns:
+        records = filled.get(("customers", "customer_id"), 0)
+        if ident and "customer_id" in cust.columns and records >= _dedupe.MIN_RECORDS:
             dd = _dedupe.find_duplicates(cust, threshold=threshold, rules=rules,
                                          random_state=random_state, phones=customer_phones)
             merged = dd.customer_key[dd.customer_key["customer_id"] != dd.customer_key["unified_id"]]
@@ -2728,8 +2729,14 @@ def section_needs(q: QualityReport, section: str, *, dedupe: bool = True) -> lis
     if s == "duplicates":
         if not dedupe:
             return ["the parameter dedupe = true"]
-        return None if q.duplicates is not None else [
-            "customers.customer_id", "customers.name, email, phone or another identifying column"]
+        if q.duplicates is not None:
+            return None
+        from crmlab.dedupe import MIN_RECORDS
+        c = q.completeness
+        ids = c[(c["table"] == "customers") & (c["column"] == "customer_id")]
+        if len(ids) and int(ids["filled"].iloc[0]) < MIN_RECORDS:
+            return [f"at least {MIN_RECORDS} customer records with a customer_id"]
+        return ["customers.customer_id", "customers.name, email, phone or another identifying column"]
     return None
 
 
