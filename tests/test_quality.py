@@ -560,3 +560,16 @@ def test_integrity_compares_ids_typed_differently(con, parent, child, orphans):
     summary, flagged = quality.integrity(tables)
     row = summary[summary["table"] == "orders"].iloc[0]
     assert (row["checked"], row["orphans"]) == (3, orphans)
+
+
+def test_one_list_of_null_tokens(con):
+    # quality reads "empty" exactly as validation does: schema.NULL_TOKENS
+    from crmlab import schema, sources
+
+    assert not hasattr(quality, "NULL_TOKENS")
+    values = ["NaT", "\\N", " n/a ", "无", "", "   ", "0", "x", None]
+    t = con.create_table("tokens", pd.DataFrame({"_row": range(1, len(values) + 1), "v": values}),
+                         overwrite=True)
+    q = t.select(q=quality._blank(t.v), s=sources.is_blank(t.v)).to_pandas()
+    assert q["q"].tolist() == q["s"].tolist() == [True] * 6 + [False, False, True]
+    assert {"nat", "\\n"} <= set(schema.NULL_TOKENS)

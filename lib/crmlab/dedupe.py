@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import quality
+from crmlab.sources import is_blank
 from crmlab.exceptions import DataContractError, NoDataError
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _clean_text(col: ir.Value) -> ir.StringValue:
 
 
 def _nullify(col: ir.StringValue) -> ir.StringValue:
-    return ibis.ifelse(quality._blank(col), ibis.null().cast("string"), col)
+    return ibis.ifelse(is_blank(col), ibis.null().cast("string"), col)
 
 
 def _name_stage(name: ir.Value, titles: Sequence[str]) -> dict[str, ir.Value]:
@@ -213,7 +214,7 @@ def prepare_customers(t: ir.Table, *, customer_id_col: str = "customer_id",
                                 column=customer_id_col, check="dedupe")
     # a record without an id (a spreadsheet's row of empty cells) is no
     # customer: validation quarantines it, and it is nobody's duplicate
-    t = t.filter(~quality._blank(t[customer_id_col]))
+    t = t.filter(~is_blank(t[customer_id_col]))
     # stage 1: every field cleaned once per row (each stage is a projection
     # of the one before, so a value used several times is computed once)
     titles = cfg.get("name_titles", [])

@@ -93,15 +93,14 @@ import pandas as pd
 import phonenumbers
 import yaml
 
+from crmlab import schema
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
-from crmlab.sources import id_text
+from crmlab.sources import id_text, is_blank
 
 RULES_PATH = Path(__file__).with_name("quality.yaml")
 
 DIMENSIONS = ("completeness", "validity", "uniqueness", "consistency", "integrity", "timeliness")
 
-# the string tokens that mean "no value" in exports (compared trimmed, lower case)
-NULL_TOKENS = ("", "null", "none", "nan", "n/a", "na", "-", "--", "无", "空")
 
 # the metric names of the issue (metrics.json)
 METRIC_NAMES = ("quality_score",) + tuple(f"{d}_score" for d in DIMENSIONS) + (
@@ -227,8 +226,6 @@ def source_rules(rules: dict, mapping: Mapping | None) -> dict:
     >>> r["amounts"]["orders"]["amount"]["absurd_max"], r["value_maps"]["orders"]["status"]["已支付"]
     (200000, 'paid')
     """
-    from crmlab import schema
-
     out = copy.deepcopy(rules)
     maps: dict = {t: {c: {str(k).strip().lower(): v for k, v in m.items()} for c, m in cols.items()}
                   for t, cols in schema.VALUE_MAPS.items()}
@@ -276,7 +273,8 @@ def _is_string(col: ir.Value) -> bool:
 
 
 def _blank(col: ir.Value) -> ir.BooleanValue:
-    """True where a cell is empty: null, or (text) blank or a null token.
+    """True where a cell is empty (:func:`crmlab.sources.is_blank`: null,
+    NaN, or text that is blank or one of :data:`crmlab.schema.NULL_TOKENS`).
 
     When ``col`` is a column of a table that carries a ``_b__<name>`` helper
     (see :func:`table_checks`), that precomputed column is used."""
@@ -288,13 +286,7 @@ def _blank(col: ir.Value) -> ir.BooleanValue:
                 return rel[f"_b__{name}"]
         except Exception:  # not a plain column reference
             pass
-    if _is_string(col):
-        # the string functions run only on short values (a null token is short)
-        return col.isnull() | ibis.ifelse(col.length() <= 12,
-                                          col.strip().lower().isin(list(NULL_TOKENS)), False)
-    if col.type().is_floating():
-        return col.isnull() | col.isnan()
-    return col.isnull()
+    return is_blank(col)
 
 
 def value_counts(t: ir.Table, columns: Sequence[str], *, limit: int | None = None
@@ -337,7 +329,7 @@ def _blank_by_values(t: ir.Table, column: str, counts: pd.DataFrame | None = Non
         counts = value_counts(t, [column]).get(column)
     if counts is None:
         return _blank(col)
-    tokens = [v for v in counts["_v"] if " ".join(v.split()).lower() in NULL_TOKENS]
+    tokens = [v for v in counts["_v"] if " ".join(v.split()).lower() in schema.NULL_TOKENS]
     return col.isnull() | _isin(col, tokens) if tokens else col.isnull()
 
 
@@ -994,9 +986,9 @@ def domain_checks(t: ir.Table, table: str, column: str, domain: Sequence, *,
             f = _fold(v)
             return f in folded_allowed or vmap.get(f, "").lower() in folded_allowed
 
-        outside = [v for v in values if not inside(v) and _fold(v) not in NULL_TOKENS]
+        outside = [v for v in values if not inside(v) and _fold(v) not in schema.NULL_TOKENS]
         variant = [v for v in values if _fold(v) in folded_allowed and v not in exact]
-        filled = counts.loc[[_fold(v) not in NULL_TOKENS for v in values], "_n"].sum()
+        filled = counts.loc[[_fold(v) not in schema.NULL_TOKENS for v in values], "_n"].sum()
         n_out = counts.loc[counts["_v"].astype(str).isin(outside), "_n"].sum()
         if filled and n_out > DOMAIN_MAX_OUTSIDE * filled:
             if notes is not None:
@@ -1035,7 +1027,7 @@ def _spelling_variants(t: ir.Table, column: str, canonical: Sequence | None = No
         col = t[column].cast("string")
         counts = (t.filter(t[column].notnull()).group_by(_v=col).aggregate(_n=ibis._.count())
                   .to_pandas())
-    counts = counts[[_fold(v) not in NULL_TOKENS for v in counts["_v"].astype(str)]]
+    counts = counts[[_fold(v) not in schema.NULL_TOKENS for v in counts["_v"].astype(str)]]
     if counts.empty:
         return []
     counts = counts.assign(_f=[_fold(v) for v in counts["_v"].astype(str)])

@@ -387,15 +387,20 @@ def id_text(col: ir.Value) -> ir.StringValue:
     return text.re_replace(_POINT_ZERO_RE, r"\1")
 
 
-def _is_blank(s: ir.StringValue) -> ir.BooleanValue:
-    """NULL, empty or a null token (:data:`crmlab.schema.NULL_TOKENS`)."""
-    t = _trim(s)
-    return s.isnull() | ((t.length() <= _TOKEN_LEN) & t.lower().isin(list(schema.NULL_TOKENS)))
+def is_blank(col: ir.Value) -> ir.BooleanValue:
+    """The one meaning of an empty cell: NULL, NaN, or text that is empty,
+    spaces or a null token (:data:`crmlab.schema.NULL_TOKENS`, compared
+    trimmed and case-folded). Validation, the data-quality report and the
+    deduplication all read "empty" through this."""
+    if not col.type().is_string():
+        return col.isnull() | col.isnan() if col.type().is_floating() else col.isnull()
+    t = _trim(col)
+    return col.isnull() | ((t.length() <= _TOKEN_LEN) & t.lower().isin(list(schema.NULL_TOKENS)))
 
 
 def _clean_text(s: ir.StringValue) -> ir.StringValue:
     """Text without surrounding spaces; NULL for blanks and null tokens."""
-    return ibis.ifelse(_is_blank(s), ibis.null(idt.string), _trim(s))
+    return ibis.ifelse(is_blank(s), ibis.null(idt.string), _trim(s))
 
 
 def _parse_number(c: ir.StringValue, decimal: str = ".") -> ir.FloatingValue:
@@ -1036,7 +1041,7 @@ class Dataset:
                 norm = _clean_text(as_text(t)).lower()
                 norm = norm.substitute(vmap, else_=norm) if vmap else norm
                 return ibis.ifelse(as_text(t).isin(domain), as_text(t), norm)
-            return _Rule(value, lambda t: as_text(t).isin(domain) | ~_is_blank(as_text(t)),
+            return _Rule(value, lambda t: as_text(t).isin(domain) | ~is_blank(as_text(t)),
                          "out_of_domain", lambda v, present: present & ~v.isin(domain))
         raise AssertionError(kind)  # pragma: no cover - every logical type is handled
 
@@ -1223,7 +1228,7 @@ class Dataset:
         r = self._raw[table][column]
         t = _trim(r)
         got = self._raw[table].aggregate(
-            _ok=(_is_blank(r) | t.re_search(_INT_RE)).min(),
+            _ok=(is_blank(r) | t.re_search(_INT_RE)).min(),
             _point=t.re_search(_POINT_ZERO_RE).max()).to_pyarrow().to_pylist()[0]
         return got["_ok"] in (True, None), bool(got["_point"])
 
@@ -1700,5 +1705,5 @@ def validate_command(spec: str | None, mapping: str | os.PathLike | dict | None 
         return config.EXIT_OK, "\n".join(lines)
 
 
-__all__ = ["Dataset", "detect_encoding", "id_text", "load_mapping", "open_source",
+__all__ = ["Dataset", "detect_encoding", "id_text", "is_blank", "load_mapping", "open_source",
            "validate_command"]
