@@ -479,3 +479,40 @@ def test_ids_of_one_meaning_join_across_tables(tmp_path, case, customers, orders
         assert joined == sum(v in known for v in expected)
         if id_type == "string":            # a float id is read as the integer it holds
             assert "42.0" not in known and ("42" in known or "00042" in known)
+
+
+# ----------------------------------------------------------------------------- fill
+
+def test_fill_sets_a_column_the_export_does_not_have(tmp_path):
+    # a shop that exports daily totals, without customers
+    (tmp_path / "orders.csv").write_text("Tag,Umsatz\n2024-01-01,100\n2024-01-02,250.5\n")
+    m = {"tables": {"orders": {"columns": {"Tag": "order_date", "Umsatz": "amount"},
+                               "fill": {"customer_id": "all", "status": "paid"}}}}
+    with open_source(str(tmp_path), m) as ds:
+        assert ds.columns("orders") == ["customer_id", "order_date", "amount", "status"]
+        o = ds.to_pandas("orders")
+        assert o["customer_id"].tolist() == ["all", "all"] and o["status"].tolist() == ["paid"] * 2
+        assert ds.id_types["customer_id"] == "string" and ds.quarantine.empty
+    # without the fill the export breaks the contract, naming the column
+    with pytest.raises(DataContractError, match="required column customer_id is missing"):
+        open_source(str(tmp_path), {"tables": {"orders": {"columns": m["tables"]["orders"]["columns"]}}})
+
+
+def test_fill_never_overwrites_a_column_the_export_has(tmp_path):
+    (tmp_path / "orders.csv").write_text("customer_id,order_date,amount\n7,2024-01-01,10\n")
+    m = {"tables": {"orders": {"fill": {"customer_id": 1, "quantity": 1}}}}
+    with open_source(str(tmp_path), m) as ds:
+        o = ds.to_pandas("orders")
+        assert o["customer_id"].tolist() == [7] and o["quantity"].tolist() == [1]
+
+
+@pytest.mark.parametrize("fill, needle", [
+    ({"customer": "all"}, "unknown key(s) customer"),
+    ({"customer_id": None}, "fill.customer_id: expected one value"),
+    ({"customer_id": ["a", "b"]}, "fill.customer_id: expected one value"),
+    ("all", "fill: expected column -> settings"),
+])
+def test_fill_is_validated(fill, needle):
+    with pytest.raises(ParameterError) as info:
+        load_mapping({"tables": {"orders": {"fill": fill}}})
+    assert needle in str(info.value)

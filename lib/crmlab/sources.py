@@ -91,6 +91,7 @@ TABLE_KEYS: dict[str, str] = {
     "date_format": "canonical column -> strptime format or list of formats",
     "values": "canonical column -> {foreign value: canonical value}",
     "limits": "canonical column -> {min, max, future_days}",
+    "fill": "canonical column -> one value for every row, when the export has no such column",
     "encoding": MAPPING_KEYS["encoding"],
     "delimiter": MAPPING_KEYS["delimiter"],
     "decimal": MAPPING_KEYS["decimal"],
@@ -158,7 +159,7 @@ def load_mapping(mapping: str | os.PathLike | Mapping | None) -> dict:
         canonical table has its settings with the inherited defaults
         filled in (``encoding``, ``delimiter``, ``decimal``, ``dayfirst``,
         ``timezone``) and ``columns``, ``date_format``, ``values``,
-        ``limits`` as dicts (date formats as lists).
+        ``limits``, ``fill`` as dicts (date formats as lists).
 
     Raises
     ------
@@ -222,7 +223,7 @@ def load_mapping(mapping: str | os.PathLike | Mapping | None) -> dict:
             raise ParameterError(f"mapping {w}.columns: more than one column mapped to "
                                  f"{', '.join(twice)}")
         t["columns"] = cols
-        for key in ("date_format", "values", "limits"):
+        for key in ("date_format", "values", "limits", "fill"):
             section = t.get(key) or {}
             if not isinstance(section, Mapping):
                 raise ParameterError(f"mapping {w}.{key}: expected column -> settings")
@@ -235,6 +236,10 @@ def load_mapping(mapping: str | os.PathLike | Mapping | None) -> dict:
             for f in fmts:
                 _check_format(f, f"{w}.date_format.{col}")
             t["date_format"][col] = fmts
+        for col, value in t["fill"].items():
+            if value is None or not isinstance(value, (str, int, float, bool, dt.date)):
+                raise ParameterError(f"mapping {w}.fill.{col}: expected one value (text, a "
+                                     f"number, true/false or a date)")
         for col, vmap in t["values"].items():
             if not isinstance(vmap, Mapping):
                 raise ParameterError(f"mapping {w}.values.{col}: expected foreign -> canonical")
@@ -1524,7 +1529,9 @@ def _renames(columns: list[str], declared: dict[str, str], contract: schema.Tabl
 
 
 def _apply_renames(t: ir.Table, tname: str, declared: dict[str, str],
-                   notes: list[str] | None) -> ir.Table:
+                   notes: list[str] | None, fill: Mapping[str, Any] | None = None) -> ir.Table:
+    """Canonical names for a table's columns (:func:`_renames`), and the
+    mapping's ``fill`` constants for contract columns it lacks."""
     contract = schema.TABLES[tname]
     cols = [c for c in t.columns if c != "_row"]
     rename = _renames(cols, declared, contract)
@@ -1536,9 +1543,14 @@ def _apply_renames(t: ir.Table, tname: str, declared: dict[str, str],
     # under <name>_original
     clash = {c: f"{c}_original" for c in cols if c in rename.values() and c not in rename}
     sel = [t["_row"]] if "_row" in t.columns else []
+    names = []
     for c in cols:
         new = rename.get(c) or clash.get(c) or c
         sel.append(t[c].name(new))
+        names.append(new)
+    for c, value in (fill or {}).items():
+        if c not in names:   # the export's own column wins over a fill
+            sel.append(ibis.literal(value).name(c))
     return t.select(*sel)
 
 
@@ -1621,9 +1633,10 @@ def open_source(spec: str | None = None, mapping: str | os.PathLike | dict | Non
         opened = _open_postgres(target, m)
         extracted, files = _local_now(zone), []
     notes = opened.get("notes", [])
-    raw = {t: _apply_renames(r, t, m["tables"][t]["columns"], notes)
+    raw = {t: _apply_renames(r, t, m["tables"][t]["columns"], notes, m["tables"][t]["fill"])
            for t, r in opened["raw"].items()}
-    unnumbered = {t: _apply_renames(r, t, m["tables"][t]["columns"], None)
+    unnumbered = {t: _apply_renames(r, t, m["tables"][t]["columns"], None,
+                                    m["tables"][t]["fill"])
                   for t, r in opened.get("unnumbered", {}).items()}
     ds = Dataset(spec=_redact(spec), kind=kind, backend=opened["backend"], raw=raw, mapping=m,
                  extracted_at=extracted, origins=opened["origins"],
