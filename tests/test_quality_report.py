@@ -369,3 +369,19 @@ def test_awkward_shapes_refuse_with_a_sentence(tmp_path, shape):
     with pytest.raises(REFUSED) as info:
         run_cells(src, tmp_path / "run", **params)
     assert info.value.exit_code == code and words in str(info.value)
+
+
+@pytest.mark.parametrize("customers, orders_ids, orphans", [
+    (pd.DataFrame({"customer_id": [1, 2, 3, 4], "name": ["A B", "C D", "E F", "G H"]}),
+     ["1", "2.0", "3", "4.0"], 0),                                   # int parquet, text with .0
+    (pd.DataFrame({"customer_id": [1.0, 2.0, 3.0, None], "name": ["A B", "C D", "E F", None]}),
+     ["0001", "2", "3", "3"], 1),                                    # float parquet, a leading zero
+])
+def test_ids_typed_differently_join_in_the_report(tmp_path, customers, orders_ids, orphans):
+    src = tmp_path / "src"
+    src.mkdir()
+    customers.to_parquet(src / "customers.parquet", index=False)
+    write(src, orders=_orders(f"{i + 1},{c},2024-01-0{i + 1},10,paid\n"
+                              for i, c in enumerate(orders_ids)))
+    html, m = run_cells(src, tmp_path / "run")
+    assert m["orphan_orders"] == orphans
