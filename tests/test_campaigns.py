@@ -784,3 +784,138 @@ def test_sample_contacts_keeps_the_same_customers_per_campaign():
     again = cp.sample_contacts(t, sizes, 5_000).to_pandas()
     assert set(map(tuple, again.to_numpy())) == set(map(tuple, got.to_numpy()))
     assert cp.sample_contacts(t, sizes, None) is t
+
+
+# --------------------------------------------------------------------------
+# foreign shapes: CSV folders nobody planned for publish or refuse cleanly
+# --------------------------------------------------------------------------
+
+def _shape_tables(n_cust: int = 40, seed: int = 5) -> dict[str, pd.DataFrame]:
+    """A small export as CSV files: orders, customers, two campaigns with
+    a treatment and a control half each."""
+    rng = np.random.default_rng(seed)
+    n_orders = 4 * n_cust
+    ids = np.r_[np.arange(1, n_cust + 1), rng.integers(1, n_cust + 1, n_orders - n_cust)]
+    orders = pd.DataFrame({
+        "order_id": np.arange(1, n_orders + 1), "customer_id": ids,
+        "order_date": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 360, n_orders), unit="D"))
+        .strftime("%Y-%m-%d"),
+        "amount": np.round(rng.lognormal(4, 0.5, n_orders), 2),
+        "status": np.where(np.arange(n_orders) % 5 == 0, "refunded", "paid"),
+        "channel": rng.choice(["app", "web"], n_orders)})
+    customers = pd.DataFrame({"customer_id": np.arange(1, n_cust + 1),
+                              "name": [f"Person {i}" for i in range(1, n_cust + 1)],
+                              "region": rng.choice(["East", "West"], n_cust)})
+    campaigns = pd.DataFrame({"campaign_id": ["C1", "C2"], "name": ["Spring", "Autumn"],
+                              "channel": ["email", "sms"], "start_date": ["2024-04-01", "2024-09-01"],
+                              "end_date": ["2024-04-14", "2024-09-14"], "cost": [100.0, 50.0]})
+    contacts = pd.concat([pd.DataFrame({
+        "campaign_id": c, "customer_id": np.arange(1, n_cust + 1),
+        "group": np.where(np.arange(n_cust) % 2, "control", "treatment"),
+        "delivered": 1, "opened": rng.integers(0, 2, n_cust), "clicked": rng.integers(0, 2, n_cust),
+        "converted": (rng.random(n_cust) < 0.3).astype(int)}) for c in ("C1", "C2")], ignore_index=True)
+    contacts["revenue"] = contacts["converted"] * 50.0
+    return {"orders": orders, "customers": customers, "campaigns": campaigns, "campaign_contacts": contacts}
+
+
+def _shape(name: str) -> dict[str, pd.DataFrame]:
+    t = _shape_tables()
+    c = t["campaign_contacts"]
+    return {
+        "no campaign contacts": {k: v for k, v in t.items() if k != "campaign_contacts"},
+        "orders only": {"orders": t["orders"]},
+        "no control group": {**t, "campaign_contacts": c.assign(group="treatment")},
+        "no conversions": {**t, "campaign_contacts": c.assign(converted=0, revenue=0.0)},
+        "conversions in one group": {**t, "campaign_contacts": c.assign(
+            converted=((c.group == "treatment") & (c.customer_id % 3 == 0)).astype(int))},
+        "one contact": {**t, "campaign_contacts": c.head(1)},
+        "contacts header only": {**t, "campaign_contacts": c.head(0)},
+        "campaigns header only": {**t, "campaigns": t["campaigns"].head(0)},
+        "one customer": {**t, "orders": t["orders"].assign(customer_id=1), "customers": t["customers"].head(1),
+                         "campaign_contacts": c[c.customer_id == 1]},
+        "one day": {**t, "orders": t["orders"].assign(order_date="2024-06-01")},
+        "zero amounts": {**t, "orders": t["orders"].assign(amount=0.0)},
+        "ids with leading zeros": {k: (v.assign(customer_id=v.customer_id.map("{:05d}".format))
+                                      if "customer_id" in v else v) for k, v in t.items()},
+        "Chinese and emoji text": {**t, "campaigns": t["campaigns"].assign(name=["春节 🎉", "Été"],
+                                                                           channel=["微信", "e-mail"])},
+    }[name]
+
+
+def _write_csv(tables: dict[str, pd.DataFrame], directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_csv(directory / f"{name}.csv", index=False)
+    return directory
+
+
+def _publish(data) -> cp.CampaignAnalysis:
+    """What notebooks/50-campaigns.ipynb computes, in its order, with its
+    up-front "not available" decisions (n_boot and permutations kept small)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cp.snapshot_date(data, "")
+    a = cp.analyse(data, n_boot=200, n_permutations=20, max_uplift_models=1)
+    a.section_text()
+    charts = {"funnel": cp.funnel_chart, "comparison": cp.forest_chart,
+              "revenue": lambda x: cp.forest_chart(x, "revenue_per_contact"), "impact": cp.roi_chart,
+              "checks": cp.balance_chart, "quasi": cp.quasi_chart, "power": cp.power_chart,
+              "uplift": cp.uplift_chart}
+    tables = {"funnel": ["funnel", "channels"], "checks": ["warnings", "srm"], "uplift": ["uplift", "profile"]}
+    for section, chart in charts.items():
+        if a.available(section):
+            chart(a)
+            for name in tables.get(section, [section]):
+                cp.page_table(a, name)
+        else:
+            assert a.needs[section]
+    a.metric_cards()
+    a.findings()
+    a.results_table()
+    a.uplift_targets(data)
+    plt.close("all")
+    return a
+
+
+@pytest.mark.parametrize("name", ["no campaign contacts", "orders only", "no control group", "no conversions",
+                                  "conversions in one group", "one contact", "contacts header only",
+                                  "campaigns header only", "one customer", "one day", "zero amounts",
+                                  "ids with leading zeros", "Chinese and emoji text"])
+def test_foreign_shapes_publish(tmp_path, name):
+    from crmlab.sources import open_source
+
+    data = open_source(str(_write_csv(_shape(name), tmp_path / "src")))
+    a = _publish(data)
+    expect_contacts = name not in ("no campaign contacts", "orders only", "contacts header only")
+    assert a.available("funnel") == expect_contacts
+
+
+def _typed(t: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The shape as a database holds it (dates typed): a DuckDB file or
+    PostgreSQL keeps an empty table, where a CSV folder drops an empty file."""
+    out = {k: v.copy() for k, v in t.items()}
+    out["orders"]["order_date"] = pd.to_datetime(out["orders"]["order_date"])
+    for col in ("start_date", "end_date"):
+        out["campaigns"][col] = pd.to_datetime(out["campaigns"][col])
+    return out
+
+
+def test_an_empty_campaigns_table_publishes_the_contacts():
+    t = _typed(_shape_tables())
+    a = _publish(FakeData(**{**t, "campaigns": t["campaigns"].head(0)}))
+    assert a.available("funnel") and a.available("comparison")
+    assert sorted(a.funnel.campaign_id) == ["C1", "C2"]
+    assert not a.available("impact") and "campaigns.cost or campaigns.cost_per_contact" in a.needs["impact"]
+
+
+def test_an_empty_contacts_table_publishes_every_section_as_not_available():
+    t = _typed(_shape_tables())
+    a = _publish(FakeData(**{**t, "campaign_contacts": t["campaign_contacts"].head(0)}))
+    assert not any(a.available(s) for s in cp.SECTIONS)
+    assert a.needs["funnel"] == ["campaign_contacts rows"]
+    # contacts only for campaigns after as_of: the same, and the page says why
+    later = cp.analyse(FakeData(**t), as_of="2024-03-01", quasi=False, uplift=False, n_boot=0)
+    assert later.needs["comparison"] == ["campaign_contacts rows for the campaigns starting up to as_of"]

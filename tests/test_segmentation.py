@@ -758,6 +758,17 @@ def test_missing_inputs_name_the_source_columns(world_cust):
     assert "order_lines.category" in seg.clustering_note(bare)
 
 
+def test_no_spend_at_all_makes_the_golden_customers_not_available(con, world_cust):
+    # every order of zero amount: RFM still segments, but there is no revenue to rank by
+    orders = con.create_table("zero_orders", pd.DataFrame({
+        "customer_id": [1, 2, 2, 3], "amount": [0.0, 0.0, 0.0, 0.0],
+        "order_date": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01", "2024-03-01"])}), overwrite=True)
+    scored = seg.score_rfm(seg.customer_table(orders, AS_OF))
+    assert len(scored) == 3 and scored["m_score"].nunique() == 1
+    assert seg.missing_inputs(scored, ["revenue"]) == ["orders.amount above zero"]
+    assert seg.missing_inputs(world_cust, ["revenue"]) == []
+
+
 def test_segment_map_table_states_every_rule():
     rules = seg.load_rules()
     table = seg.segment_map_table(rules)
@@ -843,3 +854,111 @@ def test_charts_show_what_they_say(world_clustered):
     assert seg.segment_chart(summary, min_size=10**6) is None
     assert seg.holdout_chart(holdout, min_size=100) is None and seg.mix_chart(pd.DataFrame()) is None
     assert seg.crosstab_chart(seg.crosstab(clustered, "segment", "region", min_size=10**6)) is None
+
+
+# --------------------------------------------------------------------------
+# foreign shapes: CSV folders nobody planned for publish or refuse cleanly
+# --------------------------------------------------------------------------
+
+def _shape_tables(n_cust: int = 12, n_orders: int = 40, seed: int = 3) -> dict[str, pd.DataFrame]:
+    """A small export as CSV files: orders (status, channel) and customers (name, region)."""
+    rng = np.random.default_rng(seed)
+    ids = np.r_[np.arange(1, n_cust + 1), rng.integers(1, n_cust + 1, n_orders - n_cust)]
+    orders = pd.DataFrame({
+        "order_id": np.arange(1, n_orders + 1), "customer_id": ids,
+        "order_date": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 360, n_orders), unit="D"))
+        .strftime("%Y-%m-%d"),
+        "amount": np.round(rng.lognormal(4, 0.5, n_orders), 2),
+        "status": np.where(np.arange(n_orders) % 5 == 0, "refunded", "paid"),
+        "channel": rng.choice(["app", "web", "store"], n_orders)})
+    customers = pd.DataFrame({"customer_id": np.arange(1, n_cust + 1),
+                              "name": [f"Person {i}" for i in range(1, n_cust + 1)],
+                              "region": rng.choice(["East", "West"], n_cust)})
+    return {"orders": orders, "customers": customers}
+
+
+def _shape(name: str) -> dict[str, pd.DataFrame]:
+    t = _shape_tables()
+    o, c = t["orders"], t["customers"]
+    return {
+        "orders only": {"orders": o},
+        "one customer": {"orders": o.assign(customer_id=1), "customers": c.head(1)},
+        "one order": {"orders": o.head(2).tail(1), "customers": c},
+        "one day": {**t, "orders": o.assign(order_date="2024-06-01")},
+        "equal amounts": {**t, "orders": o.assign(amount=50.0)},
+        "zero amounts": {**t, "orders": o.assign(amount=0.0)},
+        "one region and channel": {"orders": o.assign(channel="web"), "customers": c.assign(region="East")},
+        "ids with leading zeros": {k: v.assign(customer_id=v.customer_id.map("{:05d}".format)) for k, v in t.items()},
+        "no status": {**t, "orders": o.drop(columns="status")},
+        # sources quarantine a status outside the contract's domain; the rest are purchases
+        "unknown statuses": {**t, "orders": o.assign(status=np.where(o.index % 2, "shipped", "paid"))},
+        "Chinese and emoji text": {
+            "orders": o.assign(channel=[["小程序", "café", "📱 app"][i % 3] for i in range(len(o))]),
+            "customers": c.assign(name=[["张伟", "José Müller", "Zoë 🎉"][i % 3] for i in range(len(c))],
+                                  region=[["华东", "Île-de-France"][i % 2] for i in range(len(c))])},
+    }[name]
+
+
+def _write_csv(tables: dict[str, pd.DataFrame], directory, encoding: str = "utf-8"):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_csv(directory / f"{name}.csv", index=False, encoding=encoding)
+    return directory
+
+
+def _publish(data, as_of: str = "", min_size: int = 10) -> dict:
+    """What notebooks/20-segmentation.ipynb computes, in its order, with its
+    up-front "not available" decisions; returns the metrics."""
+    tables = seg.dataset_tables(data)
+    dates = seg.order_dates(tables["orders"], as_of)
+    cust = seg.customer_table(**tables, as_of=dates["as_of"])
+    scored = seg.score_rfm(cust)
+    seg.page_table(seg.rfm_summary(scored, min_size=min_size)["table"], columns=seg.SEGMENT_COLUMNS,
+                   min_size=min_size)
+    seg.tier_summary(scored, min_size=min_size)
+    snapshot = seg.holdout_snapshot(dates, 180)
+    holdout = None if snapshot is None else seg.rfm_holdout_check(tables["orders"], snapshot, 180,
+                                                                  latest=dates["latest"])
+    clustered, model = scored.assign(cluster=""), None
+    if len(scored) >= seg.MIN_CLUSTER_CUSTOMERS:
+        clustered, model = seg.cluster_customers(scored, random_state=0)
+    seg.segment_profiles(clustered, by="cluster" if model else "segment", min_size=min_size)
+    seg.segment_profiles(scored, by="segment", min_size=min_size)
+    conc = None if seg.missing_inputs(scored, ["revenue"]) else seg.concentration(scored)
+    if conc is not None:
+        golden = seg.golden_customers(clustered, top=50)
+        if "customers" in tables:
+            seg.attach_contacts(golden["table"], tables["customers"])
+    if not seg.missing_inputs(clustered, ["region"]):
+        seg.crosstab(clustered, "segment", "region", min_size=min_size)
+    seg.findings(scored, clustered=clustered if model else None, model=model, conc=conc, holdout=holdout,
+                 min_size=min_size)
+    seg.segments_export(clustered)
+    return seg.metrics(scored, model=model, conc=conc, holdout=holdout)
+
+
+@pytest.mark.parametrize("name", ["orders only", "one customer", "one order", "one day", "equal amounts",
+                                  "zero amounts", "one region and channel", "ids with leading zeros",
+                                  "no status", "unknown statuses", "Chinese and emoji text"])
+def test_foreign_shapes_publish(tmp_path, name):
+    from crmlab import engine
+    from crmlab.sources import open_source
+
+    data = open_source(str(_write_csv(_shape(name), tmp_path / "src")))
+    m = _publish(data)
+    totals = engine.purchase_totals(data.table("orders"))
+    assert m["n_customers"] == totals["purchasing_customers"] >= 1
+    if name == "ids with leading zeros":
+        export = seg.segments_export(seg.score_rfm(seg.customer_table(data.table("orders"))).assign(cluster=""))
+        assert (export["customer_id"].astype(str).str.len() == 5).all()   # 00001 stays 00001
+
+
+@pytest.mark.parametrize("statuses", [["refunded"], ["cancelled", " Refunded "]])
+def test_no_purchase_at_all_is_refused_with_a_sentence(tmp_path, statuses):
+    from crmlab.sources import open_source
+
+    t = _shape_tables()
+    orders = t["orders"].assign(status=[statuses[i % len(statuses)] for i in range(len(t["orders"]))])
+    data = open_source(str(_write_csv({**t, "orders": orders}, tmp_path / "src")))
+    with pytest.raises(NoDataError, match="table orders has no purchase"):
+        _publish(data)

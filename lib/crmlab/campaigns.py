@@ -2811,8 +2811,9 @@ def analyse(data, *, as_of: str | dt.date | None = None, margin: float = 0.3,
         info = info[info.start_date.isna() | (info.start_date < cutoff)]
         ids = list(info.campaign_id)
     agg = contact_aggregates(contacts, campaign_ids=ids)
-    if agg.empty:
-        raise NoDataError("table campaign_contacts has no rows for the campaigns up to as_of")
+    if agg.empty:  # a header-only table, or only campaigns that start after as_of
+        return _empty_analysis(params, currency, need="campaign_contacts rows" + (
+            " for the campaigns starting up to as_of" if ids is not None else ""))
     rev = revenue_values(contacts, campaign_ids=ids)
     clock.lap("aggregates")
     fun = funnel(agg, info, alpha=alpha)
@@ -2944,9 +2945,10 @@ def uplift_candidates(comparison: pd.DataFrame, srm: pd.DataFrame, balance: pd.D
     return chosen, " ".join(notes)
 
 
-def _empty_analysis(params: dict, currency: str) -> CampaignAnalysis:
+def _empty_analysis(params: dict, currency: str,
+                    need: str = "campaign_contacts (campaign_id, customer_id, group)") -> CampaignAnalysis:
     """The analysis of data without campaign contacts: every section needs them."""
-    need = ["campaign_contacts (campaign_id, customer_id, group)"]
+    need = [need]
     empty = pd.DataFrame()
     srm = pd.DataFrame(columns=["campaign_id", "mismatch"])
     bal = pd.DataFrame(columns=["campaign_id", "imbalanced", "beyond_chance"])
@@ -2988,8 +2990,8 @@ def _chrono(a: CampaignAnalysis, frame: pd.DataFrame) -> pd.DataFrame:
     and chart of the page lists them."""
     if not len(frame) or "campaign_id" not in frame.columns:
         return frame
-    start = a.campaigns.set_index("campaign_id")["start_date"]
-    key = frame.campaign_id.map(start)
+    start = a.campaigns.set_index("campaign_id")["start_date"].to_dict()
+    key = pd.to_datetime(frame.campaign_id.map(start))  # NaT for a campaign without a start
     return (frame.assign(_start=key, _id=frame.campaign_id.astype(str))
             .sort_values(["_start", "_id"], na_position="last", kind="mergesort")
             .drop(columns=["_start", "_id"]))

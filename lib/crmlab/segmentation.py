@@ -2156,6 +2156,11 @@ INPUTS: dict[str, tuple[str, str]] = {
     "interactions": ("n_interactions", "interactions"),
     "satisfaction": ("satisfaction", "tickets.satisfaction"),
 }
+# parts of the page that need a column with some positive value: part ->
+# (customer-table column, the source column that provides it)
+POSITIVE_INPUTS: dict[str, tuple[str, str]] = {
+    "revenue": ("monetary", "orders.amount above zero"),
+}
 # behavioural clustering needs at least this many customers
 MIN_CLUSTER_CUSTOMERS = 100
 
@@ -2253,9 +2258,16 @@ def segment_map_table(rules: Mapping | str | Path | None = None, section: str = 
 def missing_inputs(cust: pd.DataFrame, parts: Iterable[str]) -> list[str]:
     """The source columns a part of the page lacks, e.g.
     ``missing_inputs(cust, ["categories"]) -> ["order_lines.category"]``
-    when the customer table has no category mix (:data:`INPUTS`)."""
+    when the customer table has no category mix (:data:`INPUTS`), or
+    ``missing_inputs(cust, ["revenue"]) -> ["orders.amount above zero"]``
+    when no customer spent anything (:data:`POSITIVE_INPUTS`)."""
     out = []
     for part in parts:
+        if part in POSITIVE_INPUTS:
+            col, needs = POSITIVE_INPUTS[part]
+            if col not in cust.columns or not (pd.to_numeric(cust[col], errors="coerce") > 0).any():
+                out.append(needs)
+            continue
         col, needs = INPUTS[part]
         have = (any(c.startswith(col) for c in cust.columns) if col.endswith("_")
                 else col in cust.columns and cust[col].notna().any())
