@@ -646,3 +646,26 @@ def test_report_dates_take_the_snapshot_date_of_every_order_and_name_missing_pur
     refunded = orders.assign(status="refunded")
     with pytest.raises(NoDataError, match="no purchases"):
         lc.report_dates(lc.purchase_days(refunded), orders=refunded)
+
+
+def test_calibration_fit_sits_beside_the_full_fit_in_table_and_metrics():
+    x, tx, T = _simulate_summary()
+    s = pd.DataFrame({"customer_id": range(len(x)), "frequency": x, "recency": tx, "T": T,
+                      "monetary": np.where(x > 0, 20.0 + x, 0.0)})
+    s.attrs["time_unit"] = "W"
+    full = clv.fit_value_models(s, pnbd=False)
+    early = s.assign(T=s["T"] * 0.7, recency=np.minimum(s["recency"], s["T"] * 0.7))
+    early.attrs["time_unit"] = "W"
+    cal = clv.fit_value_models(early, pnbd=False)
+    table = lc.parameter_table(full, calibration=cal)
+    assert list(table.columns) == ["model", "parameter", "calibration", "full_period", "meaning"]
+    row = table[(table["model"] == "BG/NBD") & (table["parameter"] == "r")].iloc[0]
+    assert (row["calibration"], row["full_period"]) == (f"{cal.bgnbd.params_['r']:.4g}", f"{full.bgnbd.params_['r']:.4g}")
+    page = lc.page_table(table)["table"]
+    assert {"Calibration period", "Full period"} <= set(page.columns)
+    m = lc.report_metrics(models=full, calibration_models=cal)
+    assert m["calibration_bgnbd_alpha"] == pytest.approx(cal.bgnbd.params_["alpha"])
+    assert m["calibration_gg_q"] == pytest.approx(cal.gg.params_["q"]) and m["calibration_pnbd_s"] is None
+    keys = {f"calibration_{k}" for k in ("bgnbd_r", "bgnbd_alpha", "bgnbd_a", "bgnbd_b", "pnbd_r", "pnbd_alpha",
+                                         "pnbd_s", "pnbd_beta", "gg_p", "gg_q", "gg_v")}
+    assert keys <= set(m) and all(lc.report_metrics(models=full)[k] is None for k in keys)

@@ -1503,6 +1503,7 @@ COLUMN_LABELS: dict[str, tuple[str, str | None]] = {
     "share": ("Share", "{:.1%}"),
     "description": ("What it means", None), "model": ("Model", None), "parameter": ("Parameter", None),
     "value": ("Estimate", None), "meaning": ("What it says", None),
+    "calibration": ("Calibration period", None), "full_period": ("Full period", None),
     "calibration_purchases": ("Repeat purchases before the holdout", None),
     "actual": ("Actual per customer", "{:.2f}"), "predicted": ("Predicted per customer", "{:.2f}"),
     "p_alive": ("P(alive)", "{:.0%}"), "expected_purchases": ("Expected purchases", "{:.1f}"),
@@ -1764,15 +1765,9 @@ def survival_chart(survival: Survival):
 _UNIT_NAMES = {"D": "day", "W": "week", "M": "month"}
 
 
-def parameter_table(models, *, holdout_models=None) -> pd.DataFrame:
-    """The fitted parameters and log-likelihoods of the three models, with
-    what each says in plain words.
-
-    Takes :class:`crmlab.clv.ValueModels` and returns ``model, parameter,
-    value, meaning`` rows (one per parameter, then the log-likelihood);
-    ``value`` is text (four significant digits; log-likelihoods to one
-    decimal), as the page shows it.
-    """
+def _parameter_rows(models) -> list[tuple]:
+    """``(model, parameter, value, meaning)`` for each fitted parameter and
+    log-likelihood of a :class:`crmlab.clv.ValueModels`."""
     from crmlab.clv import TIME_UNITS
 
     unit = _UNIT_NAMES.get(models.time_unit, models.time_unit)
@@ -1806,9 +1801,42 @@ def parameter_table(models, *, holdout_models=None) -> pd.DataFrame:
                  ("Gamma-Gamma", "v", gg["v"], f"scale of spend: mean spend per purchase p v / (q - 1) = "
                                               f"{models.gg.population_mean():,.0f}"),
                  ("Gamma-Gamma", "log-likelihood", models.gg.loglik_, "fit to the repeat customers' spend")]
-    out = pd.DataFrame(rows, columns=["model", "parameter", "value", "meaning"])
-    out["value"] = [f"{v:,.1f}" if k == "log-likelihood" else f"{v:.4g}"
-                    for k, v in zip(out["parameter"], out["value"])]
+    return rows
+
+
+def _format_estimate(parameter: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:,.1f}" if parameter == "log-likelihood" else f"{value:.4g}"
+
+
+def parameter_table(models, *, calibration=None) -> pd.DataFrame:
+    """The fitted parameters and log-likelihoods of the three models, with
+    what each says in plain words.
+
+    Takes :class:`crmlab.clv.ValueModels` and returns ``model, parameter,
+    value, meaning`` rows (one per parameter, then the log-likelihood);
+    ``value`` is text (four significant digits; log-likelihoods to one
+    decimal), as the page shows it.
+
+    ``calibration``: the models fitted on the calibration period only (the
+    holdout check's), shown beside the full-period fit so the estimates can
+    be checked against a published table: the columns are then ``model,
+    parameter, calibration, full_period, meaning`` (blank where one fit
+    lacks a model).
+    """
+    full = _parameter_rows(models)
+    if calibration is None:
+        out = pd.DataFrame(full, columns=["model", "parameter", "value", "meaning"])
+        out["value"] = [_format_estimate(k, v) for k, v in zip(out["parameter"], out["value"])]
+        return out
+    cal = {(m, k): v for m, k, v, _ in _parameter_rows(calibration)}
+    seen = {(m, k) for m, k, _, _ in full}
+    rows = [(m, k, cal.get((m, k)), v, words) for m, k, v, words in full]
+    rows += [(m, k, v, None, words) for m, k, v, words in _parameter_rows(calibration) if (m, k) not in seen]
+    out = pd.DataFrame(rows, columns=["model", "parameter", "calibration", "full_period", "meaning"])
+    for col in ("calibration", "full_period"):
+        out[col] = [_format_estimate(k, v) for k, v in zip(out["parameter"], out[col])]
     return out
 
 
@@ -2188,16 +2216,27 @@ def value_by_channel(activity: pd.DataFrame, table: pd.DataFrame, profit: dict, 
 
 # -------------------------------------------------------------- figures and cards
 
+#: the parameters of each model, as ``metrics.json`` names them (``<prefix>_<name>``)
+MODEL_PARAMETERS = {"bgnbd": ("bgnbd", ("r", "alpha", "a", "b")), "pnbd": ("pnbd", ("r", "alpha", "s", "beta")),
+                    "gg": ("gg", ("p", "q", "v"))}
+
+
 def report_metrics(*, models=None, holdout: dict | None = None, churn_model: ChurnModel | None = None,
                    table: pd.DataFrame | None = None, profit: dict | None = None,
-                   rules: dict | None = None) -> dict:
+                   rules: dict | None = None, calibration_models=None) -> dict:
     """Every figure of the page's ``metrics.json``: :func:`lifecycle_metrics`
     (the issue's keys) plus ``customers``, ``active_customers``,
     ``share_high_risk`` (share of active customers at high churn risk -- a
     figure an alert rule can watch), ``holdout_accuracy``,
-    ``churn_auc_active``, ``churn_top_decile_precision``, ``breakeven_spend``
-    and ``share_below_breakeven``."""
+    ``churn_auc_active``, ``churn_top_decile_precision``, ``breakeven_spend``,
+    ``share_below_breakeven`` and the calibration-period fit of the holdout
+    check, ``calibration_bgnbd_r`` ... ``calibration_gg_v`` (None without a
+    holdout)."""
     m = lifecycle_metrics(models=models, holdout=holdout, churn_model=churn_model, table=table, rules=rules)
+    for attr, (prefix, names) in MODEL_PARAMETERS.items():
+        fitted = getattr(calibration_models, attr, None)
+        for k in names:
+            m[f"calibration_{prefix}_{k}"] = float(fitted.params_[k]) if fitted is not None else None
     if table is not None:
         active = active_mask(table)
         m["customers"] = int(len(table))
