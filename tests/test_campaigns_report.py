@@ -137,6 +137,34 @@ def test_the_minimal_input_says_what_each_section_needs(small_world, tmp_path):
     assert list(pd.read_csv(run.run_dir / "exports" / "uplift_targets.csv").columns) == TARGETS
 
 
+def test_a_foreign_export_without_a_control_group_publishes(tmp_path):
+    """Campaigns with a header-only contacts file next to them would be
+    absent; here the contacts have no control group and no conversion, the
+    names are Chinese, Latin and emoji, the ids carry leading zeros and one
+    campaign has a single contact: the page publishes and says what each
+    missing section needs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ids = [f"{i:05d}" for i in range(1, 41)]
+    pd.DataFrame({"order_id": range(1, 161), "customer_id": ids * 4,
+                  "order_date": pd.date_range("2024-01-01", periods=160, freq="2D").strftime("%Y-%m-%d"),
+                  "amount": 25.0, "status": "shipped"}).assign(
+        status=lambda d: np.where(d.index % 3 == 0, "refunded", "paid")).to_csv(src / "orders.csv", index=False)
+    pd.DataFrame({"customer_id": ids, "name": [["张伟", "José Müller", "Zoë 🎉"][i % 3] for i in range(40)]}).to_csv(
+        src / "customers.csv", index=False)
+    pd.DataFrame({"campaign_id": ["春节", "ÉTÉ-1"], "name": ["春节 🎉", "Été"], "channel": ["微信", "e-mail"],
+                  "start_date": ["2024-03-01", "2024-06-01"], "cost": [100.0, 10.0]}).to_csv(
+        src / "campaigns.csv", index=False)
+    pd.DataFrame({"campaign_id": ["春节"] * 40 + ["ÉTÉ-1"], "customer_id": ids + ids[:1], "group": "treatment",
+                  "converted": 0, "revenue": 0.0}).to_csv(src / "campaign_contacts.csv", index=False)
+    run = run_report("campaigns", source=str(src), reports_dir=tmp_path / "reports")
+    assert run.exit_code == 0, run.message
+    text = _text(run)
+    assert text.count("Not available: needs campaign_contacts.group (control rows)") >= 4
+    m = _metrics(run)
+    assert m["campaigns_analysed"] == 2 and m["campaigns"] == {}
+
+
 def test_a_bad_parameter_is_refused(small_world, tmp_path):
     run = run_report("campaigns", source=str(small_world), params={"correction": "sidak"},
                      reports_dir=tmp_path / "reports")

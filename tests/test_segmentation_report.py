@@ -133,6 +133,32 @@ def test_minimal_source_shows_what_is_not_available(minimal_run):
     assert export.cluster.notna().all() and len(export) == m["n_customers"]
 
 
+def test_a_foreign_export_without_spend_publishes(tmp_path):
+    """A CSV export of zero-amount orders only (free samples), ids with
+    leading zeros, statuses the contract knows and does not (``shipped`` is
+    quarantined), Chinese and emoji channels: the page publishes, and the
+    section that needs revenue says so."""
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 30
+    pd.DataFrame({
+        "order_id": range(1, n + 1),
+        "customer_id": [f"{1 + i % 12:05d}" for i in range(n)],
+        "order_date": [(dt.date(2024, 1, 1) + dt.timedelta(days=7 * i)).isoformat() for i in range(n)],
+        "amount": 0.0,
+        "status": [["paid", None, "refunded", "shipped", "Paid "][i % 5] for i in range(n)],
+        "channel": [["小程序", "café", "📱 app"][i % 3] for i in range(n)],
+    }).to_csv(src / "orders.csv", index=False)
+    run = run_report("segmentation", source=str(src), reports_dir=tmp_path / "reports")
+    assert run.exit_code == 0, run.message
+    m = _metrics(run)
+    assert m["n_customers"] == 12 and m["purchase_revenue"] == 0
+    assert "Golden customers" in m["_not_available"]
+    assert "Not available: needs orders.amount above zero" in _page(run)
+    export = pd.read_csv(run.run_dir / "exports" / "segments.csv", dtype={"customer_id": str})
+    assert sorted(export.customer_id) == [f"{i:05d}" for i in range(1, 13)]
+
+
 # --------------------------------------------------------------------------
 # accuracy on the demo world (issue 4)
 # --------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def _clean_value(value) -> str | None:
 
 # the categorical columns of orders profiled together in one query (their
 # raw values, with order counts and first/last order date per combination)
-PROFILE_COLUMNS: tuple[str, ...] = ("status", "channel")
+PROFILE_COLUMNS: tuple[str, ...] = ("channel",)
 _PROFILES: dict = {}
 _PROFILES_KEPT = 8
 
@@ -272,9 +272,9 @@ def _orders_profile(orders: ir.Table, date_col: str = "order_date") -> pd.DataFr
     """Orders per combination of the raw values of :data:`PROFILE_COLUMNS`,
     with the first and last order date: ``<cols>, _w, _first, _last``.
 
-    One engine query answers the snapshot dates, the spellings of the
-    statuses and the channel levels, so a report reads the orders once for
-    all three. Cached per table expression (a Dataset opened again, or another
+    One engine query answers the first and latest order dates and the
+    channel levels, so a report reads the orders once for both (what is a
+    purchase is :func:`crmlab.engine.purchases`' business, row by row). Cached per table expression (a Dataset opened again, or another
     file, is another expression). None when the columns hold more than
     :data:`MAX_RAW_LEVELS` combinations (free text).
     """
