@@ -927,3 +927,18 @@ def test_series_and_price_panel_count_purchases_as_every_report_does(con):
     assert s["orders"].sum() == 4
     panel = fc.price_panel(li, o, freq="D", fill_gaps=False)
     assert panel["quantity"].sum() == 4
+
+
+def test_gradient_boosting_with_nothing_to_learn_from():
+    """Series without a sale in any season before a period give no
+    training row: the model forecasts the recent mean (zero) instead of
+    handing scikit-learn an empty table."""
+    periods = pd.date_range("2022-01-03", periods=60, freq="W-MON")
+    Y = np.zeros((2, 60))
+    m = fm.GradientBoostingForecaster(calendar="none").fit(Y, periods, freq="W")
+    assert m.n_train_rows_ == 0
+    np.testing.assert_array_equal(m.forecast(4)["mean"], 0.0)
+    Y[1, -1] = 52.0           # one sale, in the last period only
+    m = fm.GradientBoostingForecaster(calendar="none").fit(Y, periods, freq="W")
+    out = m.forecast(3)["mean"]
+    assert np.isfinite(out).all() and out[1, 0] == pytest.approx(1.0)   # the season's mean, 52 / 52

@@ -16,6 +16,7 @@ elasticity's 95% interval covers the elasticity the generator planted
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,112 @@ def test_price_elasticity_interval_covers_the_planted_value(demo_run):
     m = _metrics(run)
     assert m["elasticity_ci_low"] < planted < m["elasticity_ci_high"]
     assert m["elasticity_ci_high"] - m["elasticity_ci_low"] < 0.3      # and says something
+
+
+# --------------------------------------------------------------------------
+# awkward shapes of a company's own export: every one publishes or refuses
+# with a sentence (exit 3), never a traceback
+# --------------------------------------------------------------------------
+
+def _export(tmp_path, dates, *, amounts=None, categories=None, customers=None, seed=0) -> Path:
+    """A CSV source directory: orders.csv (customer_id, order_date, amount)
+    and, with ``categories``, order_lines.csv with each order's category."""
+    rng = np.random.default_rng(seed)
+    dates = pd.DatetimeIndex(pd.to_datetime(list(dates)))
+    n = len(dates)
+    src = tmp_path / "export"
+    src.mkdir()
+    orders = pd.DataFrame({
+        "order_id": np.arange(1, n + 1),
+        "customer_id": rng.integers(1, max(2, n // 3) + 1, n) if customers is None else customers,
+        "order_date": dates.strftime("%Y-%m-%d"),
+        "amount": rng.gamma(2.0, 30.0, n).round(2) if amounts is None else amounts})
+    orders.to_csv(src / "orders.csv", index=False)
+    if categories is not None:
+        pd.DataFrame({"order_id": orders["order_id"], "product_id": 1, "category": categories,
+                      "quantity": 1, "unit_price": orders["amount"]}).to_csv(src / "order_lines.csv",
+                                                                          index=False)
+    return src
+
+
+def _days(a: str, b: str, n: int, seed: int = 0) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(np.random.default_rng(seed).choice(pd.date_range(a, b, freq="D"), n))
+
+
+def _run(src, tmp_path, **params):
+    return run_report("forecasting", source=str(src), reports_dir=tmp_path / "r", params=params)
+
+
+def _published(run):
+    assert run.exit_code == 0, run.message
+    page = _page(run)
+    text = re.sub(r"data:[^\"']+", "", page)           # the charts' base64
+    assert "Traceback" not in page and not re.search(r"\b(nan|None|NaN|<NA>)\b", text)
+    return _metrics(run), page
+
+
+def test_monthly_export_from_1987_to_1993_publishes(tmp_path):
+    """Before 2015 Chinese New Year came from a hand table that ended; the
+    holidays package knows every year."""
+    src = _export(tmp_path, pd.date_range("1987-01-01", "1993-12-01", freq="MS").repeat(30))
+    m, page = _published(_run(src, tmp_path, freq="M", calendar="both"))
+    assert m["freq"] == "M" and m["backtest_mase"] > 0
+    assert "Holidays and promotions" in page
+
+
+def test_daily_data_in_2007_publishes(tmp_path):
+    src = _export(tmp_path, _days("2007-01-01", "2007-12-31", 3000))
+    m, _ = _published(_run(src, tmp_path, freq="D", calendar="cn"))
+    assert m["freq"] == "D" and m["horizon"] == 13
+
+
+def test_categories_that_start_and_stop_with_no_calendar(tmp_path):
+    """A category without the same months last year shows a blank change,
+    not a crash in the group table."""
+    spans = {"a": ("2018-01-01", "2024-06-01"), "b": ("2021-03-01", "2024-06-01"),
+             "c": ("2018-01-01", "2020-06-01"), "d": ("2023-09-01", "2024-06-01")}
+    rows = [(m, c) for c, (a, b) in spans.items() for m in pd.date_range(a, b, freq="MS") for _ in range(15)]
+    dates, cats = zip(*rows)
+    src = _export(tmp_path, dates, categories=list(cats),
+                  customers=np.random.default_rng(1).integers(1, 400, len(rows)))
+    m, page = _published(_run(src, tmp_path, freq="M", group_by="category", calendar="none"))
+    assert set(m["model_by_group"]) == {"a", "b", "c", "d"}
+    assert "Forecast by category" in page and "same months last year" in page
+
+
+@pytest.mark.parametrize("shape, params", [
+    ("one order", {}),
+    ("one day", {}),
+    ("four days", {"freq": "D"}),
+])
+def test_too_little_history_is_refused_with_what_it_needs(tmp_path, shape, params):
+    dates = {"one order": ["2024-01-05"], "one day": ["2024-01-05"] * 50,
+             "four days": _days("2024-01-01", "2024-01-04", 40)}[shape]
+    run = _run(_export(tmp_path, dates), tmp_path, **params)
+    assert run.exit_code == 3, run.message
+    assert "Traceback" not in run.message
+    assert ("needs at least 26" in run.message if shape == "four days"
+            else "cover no complete week" in run.message)
+
+
+@pytest.mark.parametrize("shape", ["weekly cadence", "monthly cadence", "one category",
+                                   "1970 to 2035", "all zero", "all equal"])
+def test_awkward_shapes_publish(tmp_path, shape):
+    n = 2000
+    dates = {"weekly cadence": pd.date_range("2021-01-04", "2024-06-24", freq="W-MON").repeat(5),
+             "monthly cadence": pd.date_range("2019-01-01", "2024-06-01", freq="MS").repeat(20),
+             "one category": _days("2022-01-01", "2024-06-30", n),
+             "1970 to 2035": _days("1970-01-01", "2035-12-31", 8000),
+             "all zero": _days("2022-01-01", "2024-06-30", n),
+             "all equal": _days("2022-01-01", "2024-06-30", n)}[shape]
+    amounts = {"all zero": np.zeros(n), "all equal": np.full(n, 25.0)}.get(shape)
+    src = _export(tmp_path, dates, amounts=amounts,
+                  categories=["a"] * n if shape == "one category" else None)
+    params = {"monthly cadence": {"freq": "M"}, "1970 to 2035": {"freq": "M"},
+              "one category": {"group_by": "category"}}.get(shape, {})
+    m, page = _published(_run(src, tmp_path, **params))
+    assert m["forecast_total"] >= 0
+    if shape == "all zero":
+        assert m["forecast_total"] == 0
+    if shape == "all equal":
+        assert m["forecast_total"] > 0

@@ -37,7 +37,7 @@ from crmlab.forecasting.narrative import (
     holdout_table, metric_cards, model_label, price_metrics, scenario_table, score_board)
 from crmlab.forecasting.page import (
     check_parameters, grouping, grouping_columns, latest_segments, price_analysis, segments_for)
-from crmlab.forecasting.pipeline import ForecastResult, forecast, rolling_origins
+from crmlab.forecasting.pipeline import ForecastResult, forecast, periods_needed, rolling_origins
 from crmlab.forecasting.series import (
     FREQ_RULES, TOTAL, build_series, calendar_features, series_from_dataset, to_panel)
 from crmlab.forecasting.charts import backtest_chart, forecast_chart, groups_chart, scoreboard_chart
@@ -48,7 +48,7 @@ __all__ = [
     "MODELS", "FAST_MODELS", "DETAILED_MODELS", "NaiveForecaster", "SeasonalNaiveForecaster",
     "MovingAverageForecaster", "HoltWintersForecaster", "ETSForecaster", "ThetaForecaster",
     "SarimaxForecaster", "GradientBoostingForecaster",
-    "forecast", "ForecastResult", "rolling_origins",
+    "forecast", "ForecastResult", "rolling_origins", "periods_needed",
     "price_panel", "price_elasticity", "price_scenario", "Elasticity",
     "forecast_metrics", "exports", "findings", "explain", "group_table", "model_label",
     "effects_display", "groups_display", "groups_formats", "kpi_model", "p_text", "plain_model",

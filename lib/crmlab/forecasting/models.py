@@ -723,6 +723,11 @@ class GradientBoostingForecaster(PanelForecaster):
             keep = np.random.default_rng(self.random_state).choice(len(y), self.max_rows, replace=False)
             X, y = X[np.sort(keep)], y[np.sort(keep)]
         self.n_train_rows_ = len(y)
+        if not len(y):
+            # no series sold anything in a season before a period: nothing
+            # to learn; the forecast is the recent mean (see forecast)
+            self.model_ = None
+            return self
         self.model_ = HistGradientBoostingRegressor(
             max_iter=self.max_iter, learning_rate=self.learning_rate,
             max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
@@ -741,6 +746,9 @@ class GradientBoostingForecaster(PanelForecaster):
         for j in range(horizon):
             t = T + j
             X_t, s = self._features(Z, t, cal[j], None if exog_future is None else exog_future[:, j])
+            if self.model_ is None:   # nothing was learnt: the mean of the last season
+                Z[:, t] = s
+                continue
             with _threads(self.n_threads):
                 Z[:, t] = np.where(s > 0, self.model_.predict(X_t) * s, 0.0)
         return {"mean": Z[:, T:]}

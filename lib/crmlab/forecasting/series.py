@@ -298,7 +298,9 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
         if len(periods) and last.normalize() < period_end(periods[-1:], freq)[0]:
             periods = periods[:-1]
     if len(periods) == 0:
-        raise NoDataError(f"orders cover less than one complete {freq} period")
+        raise NoDataError(f"the purchases in table orders ({first:%Y-%m-%d} to {last:%Y-%m-%d}) "
+                          f"cover no complete {FREQ_RULES[freq]['label']}; a forecast needs many "
+                          f"complete {FREQ_RULES[freq]['label']}s of sales")
 
     per["_period"] = pd.to_datetime(per["_period"]).dt.tz_localize(None).astype("datetime64[ns]")
     groups = sorted(per["_group"].astype(str).unique())
