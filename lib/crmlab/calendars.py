@@ -140,10 +140,18 @@ def holiday_flags(dates: pd.DatetimeIndex | pd.Series, calendar: str = "both") -
     column ``hol_<name>`` per event of the calendar.
     """
     idx = pd.DatetimeIndex(pd.to_datetime(dates)).normalize()
-    years = range(idx.min().year - 1, idx.max().year + 2) if len(idx) else ()
-    win = holidays(years, calendar, windows=True)
-    out = pd.DataFrame(index=idx)
-    for name in EVENTS[calendar]:
-        days = set(win.loc[win.name == name, "date"])
-        out[f"hol_{name}"] = idx.isin(list(days)).astype("int8")
-    return out
+    if calendar not in EVENTS:
+        raise ValueError(f"unknown calendar {calendar!r}; known: {sorted(EVENTS)}")
+    days = _window_days(calendar, idx.min().year - 1, idx.max().year + 1) if len(idx) else {}
+    empty = pd.DatetimeIndex([])
+    return pd.DataFrame({f"hol_{name}": idx.isin(days.get(name, empty)).astype("int8")
+                         for name in EVENTS[calendar]}, index=idx)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_days(calendar: str, first_year: int, last_year: int) -> dict[str, pd.DatetimeIndex]:
+    """Event name -> the days of its windows from ``first_year`` to
+    ``last_year`` (cached: a forecast's backtest asks for the same years
+    again and again)."""
+    win = holidays(range(first_year, last_year + 1), calendar, windows=True)
+    return {name: pd.DatetimeIndex(g["date"].unique()) for name, g in win.groupby("name")}
