@@ -251,3 +251,86 @@ def test_the_calibration_fit_on_cdnow_matches_fhl_2005(tmp_path):
         assert m[f"calibration_{k}"] > 0, k
     text = html.unescape(re.sub(r"<[^>]+>", " ", _page(run)))
     assert "Calibration period" in text and "Full period" in text
+
+
+# ------------------------------------------------------------------ awkward shapes, end to end
+
+def _plain_orders(n_customers=400, n_orders=3200, days=500, seed=0, start="2024-01-01") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "order_id": np.arange(1, n_orders + 1), "customer_id": rng.integers(1, n_customers + 1, n_orders),
+        "order_date": (pd.Timestamp(start) + pd.to_timedelta(rng.integers(0, days, n_orders), unit="D"))
+        .strftime("%Y-%m-%d"),
+        "amount": rng.gamma(2.0, 30.0, n_orders).round(2)})
+
+
+def _one_day() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({"order_id": range(1, 301), "customer_id": rng.integers(1, 200, 300),
+                         "order_date": "2025-11-11", "amount": rng.gamma(2.0, 30.0, 300).round(2)})
+
+
+def _monthly() -> pd.DataFrame:
+    rows = [(c, d.strftime("%Y-%m-%d")) for c in range(1, 51)
+            for d in pd.date_range("2024-01-01", "2024-12-01", freq="MS")]
+    f = pd.DataFrame(rows, columns=["customer_id", "order_date"])
+    return f.assign(order_id=range(1, len(f) + 1), amount=25.0)
+
+
+def _spanning_1970_to_2035() -> pd.DataFrame:
+    f = _plain_orders(n_customers=300, n_orders=3000)
+    days = np.random.default_rng(2).integers(0, (pd.Timestamp("2035-12-31") - pd.Timestamp("1970-01-01")).days, len(f))
+    return f.assign(order_date=(pd.Timestamp("1970-01-01") + pd.to_timedelta(days, unit="D")).strftime("%Y-%m-%d"))
+
+
+#: shape -> (orders, customers: "auto" = one row per ordering customer, None = no file, "empty" = header only)
+SHAPES = {
+    "plain export": (_plain_orders, "auto"),
+    "one day": (_one_day, "auto"),
+    "one order": (lambda: _one_day().head(1), "auto"),
+    "monthly, 50 customers": (_monthly, "auto"),
+    "one customer": (lambda: _plain_orders().head(40).assign(customer_id=1), "auto"),
+    "two orders": (lambda: _one_day().head(2).assign(customer_id=[1, 2], order_date=["2025-01-01", "2025-03-01"]),
+                   "auto"),
+    "a few days": (lambda: _plain_orders(n_customers=100, n_orders=400, days=5), "auto"),
+    "equal amounts": (lambda: _plain_orders().assign(amount=20.0), "auto"),
+    "zero amounts": (lambda: _plain_orders().assign(amount=0.0), "auto"),
+    "1970 to 2035": (_spanning_1970_to_2035, "auto"),
+    "no customers table": (_plain_orders, None),
+    "empty customers table": (_plain_orders, "empty"),
+}
+
+
+def _write_shape(root: Path, orders: pd.DataFrame, customers) -> Path:
+    root.mkdir()
+    orders.to_csv(root / "orders.csv", index=False)
+    if customers is not None:
+        ids = [] if customers == "empty" else sorted(orders["customer_id"].unique())
+        pd.DataFrame({"customer_id": ids, "name": [f"Person {i}" for i in ids],
+                      "email": [f"p{i}@example.com" for i in ids], "phone": ["+1 202 555 0100"] * len(ids)}
+                     ).to_csv(root / "customers.csv", index=False)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_awkward_shapes_publish_with_not_available_sections(shape, tmp_path):
+    """Each of these crashed once (a traceback, exit 1) or would have."""
+    make, customers = SHAPES[shape]
+    src = _write_shape(tmp_path / "data", make(), customers)
+    run = run_report("lifecycle", source=str(src), reports_dir=tmp_path / "reports")
+    assert run.exit_code == 0, (run.status, run.message)
+    m = _metrics(run)
+    table = pd.read_csv(run.run_dir / "exports" / "customer_lifecycle.csv")
+    assert list(table.columns) == EXPORT and len(table) == m["customers"] > 0
+    text = html.unescape(re.sub(r"<[^>]+>", " ", _page(run)))
+    if shape in {"one day", "one order"}:
+        assert "Cohort retention" in m["_not_available"] and "Not available: needs an acquisition cohort" in text
+
+
+def test_every_order_refunded_stops_with_no_data(tmp_path):
+    orders = _plain_orders(n_customers=50, n_orders=200).assign(status="refunded")
+    src = _write_shape(tmp_path / "data", orders, "auto")
+    run = run_report("lifecycle", source=str(src), reports_dir=tmp_path / "reports")
+    assert (run.status, run.exit_code) == ("no_data", 3)
+    assert "no purchases" in run.message and "refunded or cancelled" in run.message
