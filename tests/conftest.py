@@ -87,7 +87,7 @@ def tiny_world_tables(seed: int = 7) -> dict[str, pd.DataFrame]:
     orders.loc[13, "order_date"] = pd.Timestamp("2030-01-01 10:00")  # row 14
     orders.loc[19, "amount"] = np.nan                     # row 20
     orders.loc[22, "status"] = "unknown"                  # row 23
-    orders.loc[26, "order_date"] = pd.Timestamp("1985-06-01")         # row 27
+    orders.loc[26, "order_date"] = pd.Timestamp("1899-12-30")         # row 27
     orders.loc[30, "customer_id"] = np.nan                # row 31
     # row 35 repeats row 34's key (same customer, an hour later: it sorts
     # second in key order too)

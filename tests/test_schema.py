@@ -123,3 +123,33 @@ def test_limit_values_are_valid_dates():
             for k in ("min", "max"):
                 if k in lim and kind in ("date", "timestamp"):
                     assert dt.datetime.fromisoformat(lim[k])
+
+
+STATUS_WORDS = {
+    "paid": "shipped delivered completed complete fulfilled closed success successful succeeded "
+            "settled 已完成 已发货 已签收 交易成功",
+    "refunded": "returned refund refunded 已退款 退货",
+    "cancelled": "void voided failed declined canceled cancel 已取消 交易关闭",
+}
+
+
+def test_the_common_status_words_of_order_exports_map_onto_the_contract():
+    vmap = schema.VALUE_MAPS["orders"]["status"]
+    for status, words in STATUS_WORDS.items():
+        for word in words.split():
+            assert vmap.get(word) == status, word
+    assert set(vmap.values()) <= set(schema.column("orders", "status").domain)
+    assert all(k == k.strip().lower() for k in vmap)      # looked up trimmed and case-folded
+    # not yet purchases: the user decides in the mapping's values
+    for word in ("pending", "processing", "unpaid", "in transit", "unknown", "?"):
+        assert word not in vmap
+
+
+def test_event_dates_reach_back_to_1950_and_births_to_1900():
+    for table, column in [("orders", "order_date"), ("customers", "signup_date"),
+                          ("interactions", "ts"), ("tickets", "opened_at"),
+                          ("tickets", "resolved_at"), ("campaign_contacts", "sent_at"),
+                          ("campaigns", "start_date"), ("campaigns", "end_date")]:
+        assert schema.limits(table)[column]["min"] == "1950-01-01", (table, column)
+    assert schema.limits("orders")["order_date"]["future_days"] == 1
+    assert schema.limits("customers")["birth_date"]["min"] == "1900-01-01"

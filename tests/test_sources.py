@@ -516,3 +516,172 @@ def test_fill_is_validated(fill, needle):
     with pytest.raises(ParameterError) as info:
         load_mapping({"tables": {"orders": {"fill": fill}}})
     assert needle in str(info.value)
+
+
+# ----------------------------------------------------------------------------- status words
+
+STATUSES = ["Shipped", " DELIVERED ", "已完成", "交易成功", "Returned", "退货", "Voided", "交易关闭",
+            "Canceled", "closed", "pending", "unknown", "?", "Processing"]
+
+
+def _status_orders(statuses) -> str:
+    return "order_id,customer_id,order_date,amount,status\n" + "".join(
+        f"{i},{i},2024-01-{i:02d},10,{s}\n" for i, s in enumerate(statuses, start=1))
+
+
+def test_the_common_status_words_of_exports_are_read_as_the_contract_says(tmp_path):
+    (tmp_path / "orders.csv").write_text(_status_orders(STATUSES), encoding="utf-8")
+    with open_source(str(tmp_path)) as ds:
+        o = ds.to_pandas("orders").sort_values("order_id")
+        assert o["status"].tolist() == ["paid", "paid", "paid", "paid", "refunded", "refunded",
+                                        "cancelled", "cancelled", "cancelled", "paid"]
+        # words that are not yet purchases stay defects, found by their row
+        assert as_set(ds.quarantine) == {("orders", r, "status", "out_of_domain")
+                                         for r in (11, 12, 13, 14)}
+        assert engine.purchases(ds.table("orders")).count().execute() == 5
+
+
+def test_the_mappings_own_values_override_the_common_words(tmp_path):
+    (tmp_path / "orders.csv").write_text(_status_orders(["closed", "pending", "Shipped"]))
+    m = {"tables": {"orders": {"values": {"status": {"Closed": "cancelled",
+                                                     "pending": "paid"}}}}}
+    with open_source(str(tmp_path), m) as ds:
+        o = ds.to_pandas("orders").sort_values("order_id")
+        assert o["status"].tolist() == ["cancelled", "paid", "paid"]
+        assert ds.quarantine.empty
+
+
+# ----------------------------------------------------------------------------- decades of history
+
+def test_orders_from_the_1970s_are_history_and_before_1950_out_of_range(tmp_path):
+    (tmp_path / "orders.csv").write_text(
+        "order_id,customer_id,order_date,amount\n1,7,1975-03-01,10\n2,7,1950-01-01,10\n"
+        "3,8,1949-12-31,10\n4,8,1899-12-30,10\n5,8,2024-01-01,10\n")
+    (tmp_path / "campaigns.csv").write_text(
+        "campaign_id,start_date,end_date\n1,1968-05-01,1968-06-01\n2,1930-01-01,1930-02-01\n")
+    with open_source(str(tmp_path)) as ds:
+        assert as_set(ds.quarantine) == {("orders", 3, "order_date", "date_out_of_range"),
+                                         ("orders", 4, "order_date", "date_out_of_range"),
+                                         ("campaigns", 2, "start_date", "date_out_of_range"),
+                                         ("campaigns", 2, "end_date", "date_out_of_range")}
+
+
+# ----------------------------------------------------------------------------- Latin-1 or GB18030
+
+EUROPEAN = "customer_id,name,city\n1,Günter Müller,Düsseldorf\n2,Chloé Dubois,Besançon\n" \
+           "3,José García,Málaga\n"
+# every accented letter followed by a letter: also valid GB18030 (as garbled Chinese)
+EUROPEAN_GB_VALID = "customer_id,name\n1,Günter Müller\n2,Renée Lefèvre\n3,Björn Sørensen\n"
+CHINESE = "customer_id,name,city\n1,张伟,北京\n2,王芳,上海\n3,李娜,广州\n4,欧阳娜娜,深圳\n"
+
+
+@pytest.mark.parametrize("text, enc", [(EUROPEAN, "latin-1"), (EUROPEAN, "cp1252"),
+                                       (EUROPEAN_GB_VALID, "latin-1"), (CHINESE, "gb18030"),
+                                       (CHINESE, "gbk")],
+                         ids=["european-latin1", "european-cp1252", "gb-valid-latin1",
+                              "chinese-gb18030", "chinese-gbk"])
+def test_latin1_and_gb18030_files_are_told_apart(tmp_path, text, enc):
+    p = tmp_path / "customers.csv"
+    p.write_bytes(text.encode(enc))
+    got = detect_encoding(p)
+    assert p.read_bytes().decode(got) == text
+    assert got == ("gb18030" if enc in ("gb18030", "gbk") else "cp1252")
+    (tmp_path / "orders.csv").write_text(ORDERS)
+    with open_source(str(tmp_path)) as ds:
+        assert ds.encodings["customers"] == got
+        names = ds.to_pandas("customers").sort_values("customer_id")["name"].tolist()
+        assert names == [line.split(",")[1] for line in text.splitlines()[1:]]
+
+
+def test_latin1_file_valid_as_gb18030_is_not_read_as_chinese(tmp_path):
+    p = tmp_path / "customers.csv"
+    p.write_bytes(EUROPEAN_GB_VALID.encode("latin-1"))
+    assert p.read_bytes().decode("gb18030")          # the trap: it does decode
+    assert detect_encoding(p) != "gb18030"
+
+
+# ----------------------------------------------------------------------------- empty database tables
+
+def _duckdb_file(path: Path, customers_rows: int = 0, orders_rows: int = 2) -> Path:
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE orders (order_id BIGINT, customer_id BIGINT, "
+                    "order_date TIMESTAMP, amount DOUBLE)")
+        con.execute(f"INSERT INTO orders SELECT i, i, TIMESTAMP '2024-01-01' + to_days(i::INT), "
+                    f"10.0 FROM range(1, {orders_rows + 1}) t(i)")
+        con.execute("CREATE TABLE customers (customer_id BIGINT, name VARCHAR)")
+        con.execute(f"INSERT INTO customers SELECT i, 'x' FROM range(1, {customers_rows + 1}) t(i)")
+    return path
+
+
+def test_an_empty_duckdb_table_is_absent_with_a_note(tmp_path):
+    path = _duckdb_file(tmp_path / "crm.duckdb")
+    with open_source(str(path)) as ds:
+        assert ds.tables == ["orders"] and not ds.has("customers")
+        assert any("table customers" in n and "no rows" in n and "absent" in n
+                   for n in ds.notes), ds.notes
+    code, text = validate_command(str(path))
+    assert code == 0 and "note: table customers" in text
+
+
+def test_an_empty_duckdb_orders_table_is_no_data(tmp_path):
+    from crmlab import runner
+
+    path = _duckdb_file(tmp_path / "crm.duckdb", customers_rows=2, orders_rows=0)
+    with open_source(str(path)) as ds:
+        assert ds.row_counts["orders"] == {"rows": 0, "quarantined": 0}
+    with pytest.raises(NoDataError) as info:
+        runner.check_source(str(path))
+    assert str(info.value) == "table orders is empty (the database table has no rows)"
+    assert info.value.exit_code == 3
+
+
+@pytest.mark.postgres
+def test_an_empty_postgres_table_is_treated_like_an_empty_file(pg_url):
+    from crmlab import runner
+
+    con = ibis.postgres.connect(host=pg_url.split("@")[1].split(":")[0],
+                                port=int(pg_url.rsplit(":", 1)[1].split("/")[0]),
+                                user="postgres", database="crmlab_test")
+    con.raw_sql("CREATE SCHEMA IF NOT EXISTS empties").close()
+    orders = pd.DataFrame({"order_id": [1, 2], "customer_id": [1, 2],
+                           "order_date": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+                           "amount": [10.0, 20.0]})
+    con.create_table("orders", orders, database="empties", overwrite=True)
+    con.create_table("customers", pd.DataFrame({"customer_id": pd.Series([], dtype="int64")}),
+                     database="empties", overwrite=True)
+    con.raw_sql("CREATE SCHEMA IF NOT EXISTS nothing").close()
+    con.create_table("orders", orders.iloc[:0], database="nothing", overwrite=True)
+    con.disconnect()
+    with open_source(f"{pg_url}/empties") as ds:
+        assert ds.tables == ["orders"]
+        assert any("table customers" in n and "absent" in n for n in ds.notes), ds.notes
+    with pytest.raises(NoDataError, match=r"table orders is empty \(the database table has no "
+                                          r"rows\)"):
+        runner.check_source(f"{pg_url}/nothing")
+
+
+# ----------------------------------------------------------------------------- refusals that say why
+
+def test_a_source_whose_orders_are_all_quarantined_is_refused_with_the_counts(tmp_path):
+    from crmlab import runner
+
+    rows = [f"{i},{i},2024-01-{i:02d},{'2e6' if i > 18 else 10},pending\n" for i in range(1, 25)]
+    (tmp_path / "orders.csv").write_text("order_id,customer_id,order_date,amount,status\n"
+                                         + "".join(rows))
+    with pytest.raises(NoDataError) as info:
+        runner.check_source(str(tmp_path))
+    msg = str(info.value)
+    assert msg.startswith("table orders has no usable rows in this source: all 24 rows are "
+                          "quarantined (status out_of_domain: 24, amount absurd_amount: 6)"), msg
+    assert f"crmlab validate --source {tmp_path}" in msg and "source mapping" in msg
+    assert "pending" not in msg and "2e6" not in msg            # checks, never values
+    assert info.value.exit_code == 3
+
+
+def test_a_header_only_orders_file_is_refused_as_empty(tmp_path):
+    from crmlab import runner
+
+    (tmp_path / "orders.csv").write_text("customer_id,order_date,amount\n")
+    with pytest.raises(NoDataError) as info:
+        runner.check_source(str(tmp_path))
+    assert str(info.value) == "table orders is empty (the file has a header and no rows)"

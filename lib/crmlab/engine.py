@@ -70,9 +70,15 @@ def purchases(orders: ir.Table, *, status_col: str = "status") -> ir.Table:
 
     An order is a purchase unless its optional ``status`` is one of
     :data:`crmlab.schema.NON_PURCHASE_STATUSES` (refunded, cancelled; case and
-    surrounding spaces ignored). A missing status, ``paid`` and a status word
-    the contract does not know all count as purchases, so an export without
-    statuses or with its own words (``shipped``) is not emptied.
+    surrounding spaces ignored). On a source's typed orders
+    (``Dataset.table("orders")``) the status is already ``paid``,
+    ``refunded``, ``cancelled`` or missing: an export's own words are mapped
+    onto these when reading (``shipped``, ``已完成`` -> paid, ... through
+    :data:`crmlab.schema.VALUE_MAPS` and the source mapping's ``values:``)
+    and any other word is quarantined (``out_of_domain``). So ``paid`` and a
+    missing status count as purchases, and an export without statuses is not
+    emptied. (A table that did not come through a source keeps its words;
+    there, any word other than refunded/cancelled counts as a purchase.)
 
     Takes and returns a table of the form ``customer_id, order_date, amount[,
     status, ...]`` (one row per order, same columns).

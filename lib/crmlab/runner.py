@@ -514,7 +514,9 @@ def check_source(spec: str | None, mapping: str | None = None) -> dict:
                 closer()
     usable = (info["row_counts"].get("orders") or 0) - (info["quarantined"].get("orders") or 0)
     if usable <= 0:
-        raise NoDataError("table orders has no usable rows in this source")
+        from crmlab.sources import no_usable_rows   # counts and checks, never values
+
+        raise NoDataError(no_usable_rows(ds, mapping))
     return info
 
 

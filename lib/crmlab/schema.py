@@ -239,7 +239,12 @@ del C
 ID_COLUMNS: tuple[str, ...] = tuple(sorted({
     c.name for t in TABLES.values() for c in t.columns.values() if c.type == "id"}))
 
-_EVENT = {"min": "1990-01-01", "future_days": 1}
+#: The earliest plausible date of an event (an order, a sign-up, a touch
+#: point, a ticket, a campaign): decades of a company's history stay usable,
+#: while placeholders such as ``1900-01-01`` or ``1899-12-30`` (a spreadsheet's
+#: day zero) and ``0001-01-01`` are quarantined.
+EARLIEST_EVENT = "1950-01-01"
+_EVENT = {"min": EARLIEST_EVENT, "future_days": 1}
 #: Business limits, table -> column -> limit. ``min``/``max`` bound numbers
 #: and dates (ISO strings); ``future_days`` bounds a date by the source's
 #: ``extracted_at`` plus that many days. A mapping's ``limits:`` overrides
@@ -251,7 +256,7 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     "interactions": {"ts": dict(_EVENT)},
     "tickets": {"opened_at": dict(_EVENT), "resolved_at": dict(_EVENT),
                 "satisfaction": {"min": 1, "max": 5}, "nps": {"min": 0, "max": 10}},
-    "campaigns": {"start_date": {"min": "1990-01-01"}, "end_date": {"min": "1990-01-01"}},
+    "campaigns": {"start_date": {"min": EARLIEST_EVENT}, "end_date": {"min": EARLIEST_EVENT}},
     "campaign_contacts": {"sent_at": dict(_EVENT)},
 }
 del _EVENT
@@ -264,11 +269,24 @@ LIMIT_CHECKS: dict[tuple[str, str, str], str] = {
     ("orders", "amount", "max"): "absurd_amount",
 }
 
-#: Default value maps of category columns (after trimming and case-folding);
-#: a mapping's ``values:`` adds to them.
+def _words(**groups: str) -> dict[str, str]:
+    """``{word: canonical}`` from ``canonical="word|word|..."``."""
+    return {w.strip(): canon for canon, words in groups.items() for w in words.split("|")}
+
+
+#: Default value maps of category columns, keyed by the value trimmed and
+#: case-folded; a mapping's ``values:`` adds to them and overrides them.
+#: ``orders.status`` maps the common vocabulary of order exports (English and
+#: Chinese shop systems) onto paid/refunded/cancelled. Words that are not yet
+#: a purchase (pending, processing, unpaid, in transit) are left out on
+#: purpose: they stay ``out_of_domain`` until the source mapping's
+#: ``values:`` says what they mean for that shop.
 VALUE_MAPS: dict[str, dict[str, dict[str, str]]] = {
-    "orders": {"status": {"completed": "paid", "complete": "paid", "refund": "refunded",
-                          "canceled": "cancelled", "cancel": "cancelled"}},
+    "orders": {"status": _words(
+        paid="shipped|delivered|completed|complete|fulfilled|closed|success|successful|"
+             "succeeded|settled|已完成|已发货|已签收|交易成功",
+        refunded="returned|refund|refunded|已退款|退货",
+        cancelled="void|voided|failed|declined|canceled|cancel|已取消|交易关闭")},
     "campaign_contacts": {"group": {"treated": "treatment", "test": "treatment",
                                     "holdout": "control", "hold-out": "control"}},
 }
@@ -284,9 +302,10 @@ BOOL_VALUES: dict[str, bool] = {
 NULL_TOKENS: tuple[str, ...] = ("", "null", "none", "nan", "nat", "na", "n/a", "\\n", "-", "--", "无", "空")
 
 #: Order statuses that are not purchases (after trimming and case-folding,
-#: and after :data:`VALUE_MAPS`). Every other status -- ``paid``, a missing
-#: one, or a word the contract does not know -- is a purchase. The one
-#: definition of "a purchase" every report uses (:func:`crmlab.engine.purchases`).
+#: and after :data:`VALUE_MAPS`). On a source's typed orders a status is
+#: paid, refunded, cancelled or missing (other words are quarantined as
+#: ``out_of_domain``); paid and missing are purchases. The one definition of
+#: "a purchase" every report uses (:func:`crmlab.engine.purchases`).
 NON_PURCHASE_STATUSES: tuple[str, ...] = ("refunded", "cancelled", "canceled")
 
 #: Date layouts tried, in order, when a date arrives as text (strptime
@@ -481,7 +500,7 @@ def pandera_schema(table_name: str, *, backend: str = "ibis", columns=None,
 
 
 __all__ = [
-    "BOOL_VALUES", "CHECKS", "Column", "ID_COLUMNS", "LIMITS", "LIMIT_CHECKS", "LOGICAL_TYPES",
+    "BOOL_VALUES", "CHECKS", "Column", "EARLIEST_EVENT", "ID_COLUMNS", "LIMITS", "LIMIT_CHECKS", "LOGICAL_TYPES",
     "NON_PURCHASE_STATUSES", "NULL_TOKENS", "PII_CLASSES", "TABLES", "Table", "VALUE_MAPS", "column", "date_formats",
     "ibis_dtype", "limit_check", "limits", "pandera_schema", "pii_columns", "required_columns",
     "table",

@@ -78,7 +78,8 @@ MAPPING_KEYS: dict[str, str] = {
     "description": "free text",
     "tables": "canonical table -> its settings (below)",
     "schema": "database schema holding the tables (DuckDB files, PostgreSQL)",
-    "encoding": "text encoding of CSV files (default: detected, utf-8-sig else gb18030)",
+    "encoding": "text encoding of CSV files (default: detected: utf-8(-sig), else gb18030, "
+                "cp1252 or latin-1 by how the text reads)",
     "delimiter": "CSV field separator (default: detected)",
     "decimal": "decimal mark of numbers stored as text: '.' (default) or ','",
     "dayfirst": "read 01/02/2024 as 1 February (default false: 2 January)",
@@ -288,18 +289,67 @@ def _decodes(path: Path, encoding: str) -> bool:
     return True
 
 
+#: Encodings weighed when a file is not UTF-8: GB18030 (a superset of GBK
+#: and GB2312) and the western single-byte ones (cp1252, else Latin-1, which
+#: reads any byte). Many Latin-1 files are also valid GB18030 (``é`` and the
+#: letter after it make one Chinese character), so decoding alone cannot
+#: choose; :func:`detect_encoding` asks charset_normalizer which reading is
+#: text.
+FALLBACK_ENCODINGS = ("gb18030", "cp1252", "latin_1")
+_SAMPLE = 1 << 16
+_HIGH_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*\n?")
+
+
+def _non_ascii_lines(path: Path, limit: int = _SAMPLE) -> bytes:
+    """The file's first lines that hold a byte above ASCII, about ``limit``
+    bytes of them (whole lines): what tells the encodings apart."""
+    out, size, rest = [], 0, b""
+    with _open_binary(path) as fh:
+        while size < limit:
+            chunk = fh.read(_CHUNK)
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            if not chunk or len(data) > _CHUNK and not cut:
+                cut = len(data)   # the end, or a line longer than a chunk
+            data, rest = data[:cut], data[cut:]
+            for m in _HIGH_LINE.finditer(data):
+                out.append(m.group())
+                size += len(m.group())
+                if size >= limit:
+                    break
+            if not chunk:
+                break
+    return b"".join(out)
+
+
+def _judge_encoding(sample: bytes, candidates: list[str]) -> str | None:
+    """The candidate under which ``sample`` reads as text, by
+    charset_normalizer (its "mess" measure: unlikely characters, scripts
+    mixed within a word, rare ideographs; ties go to the language coherence
+    of the result), or None when none does."""
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample, cp_isolation=candidates, explain=False).best()
+    return None if best is None else codecs.lookup(best.encoding).name
+
+
 def detect_encoding(path: str | os.PathLike, declared: str | None = None) -> str:
     """The text encoding of a CSV file.
 
     A declared encoding wins. Otherwise the whole file is tried as UTF-8
     (``"utf-8-sig"`` when it starts with a byte-order mark, else
-    ``"utf-8"``), then as GB18030 (a superset of GBK and GB2312).
+    ``"utf-8"``). A file that is not UTF-8 is weighed between the
+    :data:`FALLBACK_ENCODINGS` it decodes under -- GB18030, cp1252 (else
+    Latin-1) -- by how its lines with non-ASCII bytes read in each
+    (charset_normalizer), so ``Müller`` in Latin-1, which is also valid
+    GB18030, is not read as Chinese. Returns the codec's name
+    (``"gb18030"``, ``"cp1252"``, ``"iso8859-1"``).
 
     Raises
     ------
     DataContractError
-        Neither decodes; the message says to declare ``encoding`` in the
-        mapping (and holds no file content).
+        No candidate reads as text; the message says to declare
+        ``encoding`` in the mapping (and holds no file content).
 
     Examples
     --------
@@ -308,6 +358,9 @@ def detect_encoding(path: str | os.PathLike, declared: str | None = None) -> str
     >>> _ = p.write_bytes("名字\\n张三\\n".encode("gbk"))
     >>> detect_encoding(p)
     'gb18030'
+    >>> _ = p.write_bytes("name\\nGünter Müller\\n".encode("latin-1"))
+    >>> detect_encoding(p)
+    'cp1252'
     """
     path = Path(path)
     if declared:
@@ -315,10 +368,16 @@ def detect_encoding(path: str | os.PathLike, declared: str | None = None) -> str
     if _decodes(path, "utf-8"):
         with _open_binary(path) as fh:
             return "utf-8-sig" if fh.read(3) == codecs.BOM_UTF8 else "utf-8"
-    if _decodes(path, "gb18030"):
-        return "gb18030"
-    raise DataContractError(f"file {path.name} is neither UTF-8 nor GB18030 text; declare its "
-                            f"encoding in the mapping (tables.<table>.encoding)")
+    candidates = [e for e in FALLBACK_ENCODINGS[:2] if _decodes(path, e)]
+    if "cp1252" not in candidates:
+        candidates.append("latin_1")
+    found = _judge_encoding(_non_ascii_lines(path), candidates)
+    if found is None and "gb18030" in candidates:
+        found = "gb18030"   # valid GB18030 that no candidate reads better
+    if found is None:
+        raise DataContractError(f"file {path.name} is neither UTF-8, GB18030 nor Latin-1 text; "
+                                f"declare its encoding in the mapping (tables.<table>.encoding)")
+    return found
 
 
 def _transcode(path: Path, encoding: str, out: Path) -> Path:
@@ -1338,6 +1397,21 @@ def _empty_table(tname: str, path: Path, what: str, notes: list[str]) -> None:
     notes.append(f"table {tname}: file {path.name} {what}; treated as absent")
 
 
+def _has_rows(t: ir.Table) -> bool:
+    """Whether a table holds at least one row (reads one row at most)."""
+    return bool(t.limit(1).count().to_pyarrow().as_py())
+
+
+def _empty_db_table(tname: str, src: str, t: ir.Table, notes: list[str]) -> bool:
+    """A database table without rows is read like a file with a header and
+    no rows: an optional table is absent, with a note (True); ``orders``
+    stays, with zero rows, and the run's contract check refuses it."""
+    if tname == "orders" or _has_rows(t):
+        return False
+    notes.append(f"table {tname}: database table {src} has no rows; treated as absent")
+    return True
+
+
 def _open_files(directory: Path, mapping: dict) -> dict:
     """CSV/Parquet directory -> in-memory DuckDB with one raw view per table.
 
@@ -1435,7 +1509,7 @@ def _open_duckdb(path: Path, mapping: dict) -> dict:
         f"duckdb_views() WHERE database_name = 'src' AND schema_name = {_sql_str(sch)} "
         "AND NOT internal").fetchall()
     kinds = dict(objects)
-    raw, origins = {}, {}
+    raw, origins, notes = {}, {}, []
     for tname in schema.TABLES:
         src = mapping["tables"][tname].get("source") or tname
         if src not in kinds:
@@ -1448,9 +1522,13 @@ def _open_duckdb(path: Path, mapping: dict) -> dict:
         row = "rowid + 1" if kinds[src] == "table" else "row_number() OVER ()"
         con.raw_sql(f"CREATE VIEW {_quote('raw_' + tname)} AS SELECT {row} AS _row, * "
                     f"FROM {ref}")
-        raw[tname] = con.table(f"raw_{tname}")
+        t = con.table(f"raw_{tname}")
+        if _empty_db_table(tname, src, t, notes):
+            con.raw_sql(f"DROP VIEW {_quote('raw_' + tname)}")
+            continue
+        raw[tname] = t
         origins[tname] = src
-    return dict(backend=con, raw=raw, origins=origins)
+    return dict(backend=con, raw=raw, origins=origins, notes=notes)
 
 
 def _duckdb_connect():
@@ -1490,7 +1568,7 @@ def _open_postgres(url: str, mapping: dict) -> dict:
         raise DataContractError(f"could not connect to PostgreSQL at {_redact(url)} ({reason})"
                                 ) from None
     found = set(con.list_tables(database=sch) if sch else con.list_tables())
-    raw, origins, unnumbered = {}, {}, {}
+    raw, origins, unnumbered, notes = {}, {}, {}, []
     for tname, contract in schema.TABLES.items():
         src = mapping["tables"][tname].get("source") or tname
         if src not in found:
@@ -1500,6 +1578,8 @@ def _open_postgres(url: str, mapping: dict) -> dict:
                                         f"database", table=tname)
             continue
         t = con.table(src, database=sch) if sch else con.table(src)
+        if _empty_db_table(tname, src, t, notes):
+            continue
         rename = _renames(list(t.columns), mapping["tables"][tname]["columns"], contract)
         # position in key order, ties broken by the other contract columns
         canon = {rename.get(c, c): c for c in t.columns}
@@ -1509,7 +1589,7 @@ def _open_postgres(url: str, mapping: dict) -> dict:
         raw[tname] = t.mutate(_row=ibis.row_number().over(order_by=keys) + 1)
         unnumbered[tname] = t
         origins[tname] = src
-    return dict(backend=con, raw=raw, origins=origins, unnumbered=unnumbered)
+    return dict(backend=con, raw=raw, origins=origins, unnumbered=unnumbered, notes=notes)
 
 
 def _renames(columns: list[str], declared: dict[str, str], contract: schema.Table
@@ -1652,6 +1732,45 @@ def open_source(spec: str | None = None, mapping: str | os.PathLike | dict | Non
     return ds
 
 
+def no_usable_rows(ds: Dataset, mapping: str | os.PathLike | None = None,
+                   table: str = "orders", most: int = 3) -> str:
+    """The sentence refusing a source whose ``table`` has no usable rows:
+    why, with counts and checks, never a value.
+
+    An empty table says what is empty ("table orders is empty (the file has
+    a header and no rows)"); a table whose every row is quarantined names
+    the row count and the ``most`` frequent checks with their rows, and
+    where to look::
+
+        table orders has no usable rows in this source: all 240 rows are
+        quarantined (status out_of_domain: 180, amount absurd_amount: 60);
+        see `crmlab validate --source DIR` or map the values in a source mapping
+
+    Reads the row counts and the quarantine the Dataset already computed
+    (cached), so it also works after ``ds.close()``.
+    """
+    import shlex
+
+    n = ds.row_counts[table]["rows"]
+    if n == 0:
+        origin = str(ds.origins.get(table, ""))
+        what = ("the database table has no rows" if ds.kind in ("duckdb", "postgres") else
+                "the file has no rows" if origin.lower().endswith(".parquet") else
+                "the file has a header and no rows")
+        return f"table {table} is empty ({what})"
+    q = ds.quarantine_of(table)
+    per = (q.groupby(["column", "check"], sort=False)["row"].nunique()
+           .sort_values(ascending=False, kind="stable"))
+    checks = [f"{c} {chk}: {k:,}" for (c, chk), k in per.head(most).items()]
+    if len(per) > most:
+        checks.append(f"{len(per) - most} more check{'s' if len(per) - most > 1 else ''}")
+    command = f"crmlab validate --source {shlex.quote(ds.spec)}"
+    if mapping:
+        command += f" --mapping {shlex.quote(str(mapping))}"
+    return (f"table {table} has no usable rows in this source: all {n:,} rows are quarantined "
+            f"({', '.join(checks)}); see `{command}` or map the values in a source mapping")
+
+
 def validate_command(spec: str | None, mapping: str | os.PathLike | dict | None = None
                      ) -> tuple[int, str]:
     """``crmlab validate``: check a source against the contract.
@@ -1718,5 +1837,5 @@ def validate_command(spec: str | None, mapping: str | os.PathLike | dict | None 
         return config.EXIT_OK, "\n".join(lines)
 
 
-__all__ = ["Dataset", "detect_encoding", "id_text", "is_blank", "load_mapping", "open_source",
-           "validate_command"]
+__all__ = ["Dataset", "detect_encoding", "id_text", "is_blank", "load_mapping",
+           "no_usable_rows", "open_source", "validate_command"]
