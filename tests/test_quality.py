@@ -573,3 +573,18 @@ def test_one_list_of_null_tokens(con):
     q = t.select(q=quality._blank(t.v), s=sources.is_blank(t.v)).to_pandas()
     assert q["q"].tolist() == q["s"].tolist() == [True] * 6 + [False, False, True]
     assert {"nat", "\\n"} <= set(schema.NULL_TOKENS)
+
+
+def test_the_common_status_words_are_valid_and_a_1970s_order_is_no_defect(con):
+    orders = _orders()
+    orders["status"] = (["Shipped", "已完成", "交易关闭", "Returned", "VOIDED"] * 3
+                        + ["paid"] * 3 + ["pending", "?"])
+    orders["order_date"] = ["1975-06-01 10:00", "1949-12-31 10:00"] + ["2024-03-05 14:22"] * 18
+    rules = quality.source_rules(quality.load_rules(), None)
+    t = _tables(con, orders=orders)["orders"]
+    tt, checks, _ = quality.table_checks("orders", t, rules, quality.reference_time(AS_OF))
+    summary, flagged = quality.run_checks(tt, checks, key_col="order_id")
+    got = {(c, k): f for c, k, f in zip(summary["column"], summary["check"], summary["failed"])}
+    assert got[("status", "domain")] == 2                  # pending and ?, as the source says
+    early = flagged[(flagged["column"] == "order_date") & (flagged["row"].isin([1, 2]))]
+    assert set(early["row"]) == {2}                        # 1949 out of range, 1975 history

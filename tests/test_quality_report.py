@@ -330,12 +330,16 @@ SHAPES = {
                                                    for i in range(1, 20))), "Outliers"),
     "Latin-1 customers, encoding declared": (dict(orders=ORDERS, customers=LATIN1.encode("latin-1"),
                                                   _mapping="encoding: latin-1\n"), "Duplicate customers"),
+    # told apart from GB18030 by its characters (charset_normalizer)
+    "Latin-1 customers, encoding not declared": (dict(orders=ORDERS, customers=LATIN1.encode("latin-1")),
+                                                 "Duplicate customers"),
 }
 
 # shape -> (tables, exit code, words of the refusal)
 REFUSALS = {
-    "Latin-1 customers, encoding not declared": (
-        dict(orders=ORDERS, customers=LATIN1.encode("latin-1")), 2, "declare its encoding"),
+    "customers in an encoding that is neither UTF-8, GB18030 nor Latin-1": (
+        dict(orders=ORDERS, customers=b"customer_id,name\n1,\x81\x30\xff\x81\n"), 2,
+        "declare its encoding"),
     "unknown status words only": (dict(orders=ORDERS.replace("paid", "pending")), 3, "orders"),
     "negative amounts only": (dict(orders=_amounts(lambda i: -i)), 3, "orders"),
     "every amount 1e12": (dict(orders=_amounts(lambda i: "1e12")), 3, "orders"),
@@ -385,3 +389,20 @@ def test_ids_typed_differently_join_in_the_report(tmp_path, customers, orders_id
                               for i, c in enumerate(orders_ids)))
     html, m = run_cells(src, tmp_path / "run")
     assert m["orphan_orders"] == orphans
+
+
+def test_zero_amounts_say_what_the_outliers_need(tmp_path):
+    src = write(tmp_path / "src", orders=_amounts(lambda i: 0))
+    html, _ = run_cells(src, tmp_path / "run")
+    assert "needs a numeric column" not in html
+    assert "Not available: needs orders.amount values above zero" in html
+
+
+def test_the_page_shows_the_notes_about_empty_files(tmp_path):
+    src = write(tmp_path / "src", orders=ORDERS, customers="customer_id,name\n", tickets="")
+    code, text = sources.validate_command(str(src))
+    notes = [line[len("note: "):] for line in text.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2, text
+    html, _ = run_cells(src, tmp_path / "run")
+    for note in notes:
+        assert note in html

@@ -1561,6 +1561,7 @@ class _Source:
             self.row_counts = None
             self.extracted_at = None
             self.mapping = None
+            self.notes = []
         else:
             self.names = list(getattr(data, "tables"))
             self._data = data
@@ -1569,6 +1570,7 @@ class _Source:
             self.row_counts = getattr(data, "row_counts", None)
             self.extracted_at = getattr(data, "extracted_at", None)
             self.mapping = getattr(data, "mapping", None)
+            self.notes = list(getattr(data, "notes", None) or [])
 
     def raw(self, name: str) -> ir.Table:
         if self._raw is not None:
@@ -1746,6 +1748,11 @@ class QualityReport:
     duplicates: Any = None  # crmlab.dedupe.DedupeResult | None
     rules: dict = dataclasses.field(default_factory=dict, repr=False)
     notes: list = dataclasses.field(default_factory=list)  # checks not applied, and why
+    # what the source said when it was opened (empty files treated as absent,
+    # mapped columns not found ...): the notes `crmlab validate` prints
+    source_notes: list = dataclasses.field(default_factory=list)
+    # (table, column, log scale) of the numeric columns the outliers looked at
+    outlier_columns: list = dataclasses.field(default_factory=list)
 
     # -- numbers -------------------------------------------------------
     @property
@@ -2008,11 +2015,12 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | str | N
     # as found (raw), so a large table is sampled at its storage blocks rather
     # than through its typing; dates on the usable (typed) rows
     oc = rules.get("outliers", {})
-    outl = []
+    outl, outlier_columns = [], []
     for n in src.names:
         numeric = [c for c, typ in typed[n].schema().items()
                    if typ.is_numeric() and not typ.is_boolean() and c in raw[n].columns
                    and c not in set(oc.get("skip_columns", [])) and c != row_col]
+        outlier_columns += [(n, c, c in set(oc.get("log_columns", []))) for c in numeric]
         outl.append(outliers(raw[n], table=n, columns=numeric, k=oc.get("k", 3.5),
                              log_columns=oc.get("log_columns", []), random_state=random_state,
                              n_rows=rows.get(n),
@@ -2079,7 +2087,8 @@ def assess(data, *, as_of: str | dt.date | None = None, rules: Mapping | str | N
                          phones=phones_frame, consistency=consistency_df, formats=formats,
                          integrity=integ, uniqueness=uniqueness, outliers=outl,
                          quarantine=quarantine_summary(qrows), quarantine_rows=qrows,
-                         defects=defects, duplicates=dd, rules=rules, notes=notes)
+                         defects=defects, duplicates=dd, rules=rules, notes=notes,
+                         source_notes=src.notes, outlier_columns=outlier_columns)
 
 
 def detect_defects(data, *, as_of=None, rules: Mapping | None = None, dedupe: bool = True,
@@ -2262,6 +2271,10 @@ def paragraph(rep: QualityReport, section: str, *, shown: int | None = None) -> 
         if missing:
             text += (f" Not measurable on this data: {', '.join(missing)} (left out of the "
                      f"score).")
+        notes = [*rep.source_notes, *rep.notes]
+        if notes:
+            text += "\n\nNotes on the source: " + " ".join(
+                n.rstrip(".") + "." for n in notes)
         return text
     if s == "completeness":
         c = rep.completeness
@@ -2321,7 +2334,7 @@ def paragraph(rep: QualityReport, section: str, *, shown: int | None = None) -> 
                   f"median absolute deviations from its column's median (a modified z-score above "
                   f"{k:g}), on a log scale for money and counts.")
         if o.empty:
-            return "Not available: no numeric column. " + method
+            return f"Not available: needs {', '.join(outlier_needs(rep))}. " + method
         bad = o[o["outliers"] > 0].sort_values("outliers", ascending=False)
         if bad.empty:
             return method + " No column has outliers."
@@ -2702,6 +2715,23 @@ def page_table(frame: pd.DataFrame | None, *, max_rows: int | None = None,
     return {"table": frame, "table_options": options}
 
 
+def outlier_needs(q: QualityReport) -> list[str]:
+    """What the outliers lack when no column could be assessed: a numeric
+    column at all, or -- when there are some -- values to compare (money and
+    counts are compared on a log scale, so they need values above zero)."""
+    if not q.outlier_columns:
+        return ["a numeric column, such as orders.amount"]
+    logs = [f"{t}.{c}" for t, c, log in q.outlier_columns if log]
+    linear = [f"{t}.{c}" for t, c, log in q.outlier_columns if not log]
+    needs = []
+    if logs:
+        needs.append(f"{' or '.join(logs)} values above zero (money and counts are compared "
+                     f"on a log scale)")
+    if linear:
+        needs.append(f"numbers in {' or '.join(linear)}")
+    return needs
+
+
 def section_needs(q: QualityReport, section: str, *, dedupe: bool = True) -> list[str] | None:
     """What a section lacks on this data (for ``Report.not_available``),
     or None when it can be shown."""
@@ -2717,7 +2747,7 @@ def section_needs(q: QualityReport, section: str, *, dedupe: bool = True) -> lis
         return None if len(q.integrity) else ["customers.customer_id (or another table that "
                                               "rows point to)"]
     if s == "outliers":
-        return None if len(q.outliers) else ["a numeric column, such as orders.amount"]
+        return None if len(q.outliers) else outlier_needs(q)
     if s == "duplicates":
         if not dedupe:
             return ["the parameter dedupe = true"]
