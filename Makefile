@@ -6,21 +6,38 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 JOBS ?= 2
 SCALE ?= demo
+# The tested set of every package (test and lab extras included), for Python 3.11-3.13
+# on Linux, macOS and Windows, with hashes. `make lock` writes it from pyproject.toml.
+LOCK := requirements/lock.txt
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.10
+TOOLS := .venv-tools
+UV := $(TOOLS)/bin/uv
+LOCK_ARGS := pyproject.toml --extra test --extra lab --universal --generate-hashes \
+             --custom-compile-command "make lock" -o $(LOCK)
+FAST := not slow and not postgres and not browser
+# another Python for `make test-python` / `make upstream`
+PY ?= 3.12
+PYBIN ?= python$(PY)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lab bench bench-demo clean
+.PHONY: help setup demo test test-fast test-python upstream lab lock lock-upgrade bench bench-demo bench-table clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Install exactly the lock (hash-checked), then crmlab itself without resolving anything;
+# `pip check` fails if pyproject.toml asks for something the lock lacks (run `make lock`).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,lab]"
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
 	$(BIN)/python -m ipykernel install --sys-prefix --name crmlab --display-name "crmlab (Python 3)" >/dev/null
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install crmlab with its test and lab extras (quick when nothing changed)
+setup: $(STAMP) ## create .venv and install the locked packages and crmlab (quick when nothing changed)
 
 demo: setup ## generate the demo world, run all five reports, build the index
 	$(BIN)/crmlab generate --scenario demo >/dev/null
@@ -32,18 +49,56 @@ test: setup ## run the whole test suite (PostgreSQL and Chromium tests included)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q
 
 test-fast: setup ## the suite without slow accuracy, PostgreSQL and browser tests
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m "not slow and not postgres and not browser"
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m "$(FAST)"
+
+test-python: ## the fast tests on another Python, same lock, own venv: make test-python PY=3.13 [PYBIN=/path/python3.13]
+	@test -x .venv-py$(PY)/bin/python || $(PYBIN) -m venv .venv-py$(PY)
+	@if [ ! -f .venv-py$(PY)/.setup-stamp ] || [ $(LOCK) -nt .venv-py$(PY)/.setup-stamp ] \
+	     || [ pyproject.toml -nt .venv-py$(PY)/.setup-stamp ]; then \
+	  set -e; P=.venv-py$(PY)/bin/python; \
+	  $$P -m pip install -q pip==$(PIP_VERSION); \
+	  $$P -m pip install -q --require-hashes -r $(LOCK); \
+	  $$P -m pip install -q --no-deps -e .; \
+	  $$P -m pip check; touch .venv-py$(PY)/.setup-stamp; fi
+	.venv-py$(PY)/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider -m "$(FAST)"
+
+upstream: ## warning-level smoke on the NEWEST releases pyproject.toml allows (fresh .venv-upstream, no lock)
+	rm -rf .venv-upstream
+	$(PYTHON) -m venv .venv-upstream
+	.venv-upstream/bin/python -m pip install -q --upgrade pip
+	.venv-upstream/bin/python -m pip install -q -e ".[test,lab]"
+	@.venv-upstream/bin/python requirements/compare.py $(LOCK) .venv-upstream/bin/python
+	.venv-upstream/bin/crmlab generate --scenario small --out .venv-upstream/smoke/world >/dev/null
+	.venv-upstream/bin/crmlab run-all --source .venv-upstream/smoke/world --jobs $(JOBS) \
+	    --reports-dir .venv-upstream/smoke/reports
+	.venv-upstream/bin/crmlab index --reports-dir .venv-upstream/smoke/reports >/dev/null
+	.venv-upstream/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider -m "$(FAST)"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
+
+lock: $(UV) ## rewrite requirements/lock.txt from pyproject.toml, keeping every pin that still fits
+	$(UV) pip compile $(LOCK_ARGS) >/dev/null
+
+lock-upgrade: $(UV) ## move the lock to the newest releases pyproject.toml allows (PACKAGES="pandas duckdb" for some)
+	$(UV) pip compile $(LOCK_ARGS) >/dev/null $(if $(PACKAGES),$(foreach p,$(PACKAGES),--upgrade-package $(p)),--upgrade)
 
 lab: setup ## JupyterLab on notebooks/ with the project's kernel
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-bench: setup ## benchmark at demo scale and 1M customers / 20M orders; prints a table, writes bench/results/*.json
-	$(BIN)/python bench/run.py --scale demo --repeat 3
-	$(BIN)/python bench/run.py --scale large
+bench: setup ## benchmark at demo and large scale (1M customers / 20M orders); writes bench/BASELINE-*.json and the README table
+	$(BIN)/python bench/run.py --scale demo --repeat 3 --baseline
+	$(BIN)/python bench/run.py --scale large --baseline
+	$(BIN)/python bench/readme_table.py
 
-bench-demo: setup ## the benchmark at demo scale only (a few minutes)
-	$(BIN)/python bench/run.py --scale $(SCALE) --repeat 3
+bench-demo: setup ## the benchmark at demo scale only (a few minutes); writes bench/BASELINE-demo.json and the README table
+	$(BIN)/python bench/run.py --scale $(SCALE) --repeat 3 --baseline
+	$(BIN)/python bench/readme_table.py
 
-clean: ## remove generated worlds, reports, bench results and caches (keeps .venv)
+bench-table: ## rewrite the README's speed table from the committed bench/BASELINE-*.json
+	$(PYTHON) bench/readme_table.py
+
+clean: ## remove generated worlds, reports, bench results and caches (keeps the venvs)
 	rm -rf reports synthetic/data bench/results .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -27,13 +27,23 @@ Usage::
     python bench/run.py --scale large        # 1M customers / 20M orders
     python bench/run.py --only segmentation --repeat 3
 
-Writes ``bench/results/bench-<scale>-<time>.json`` and ``latest-<scale>.json``.
+Writes ``bench/results/bench-<scale>-<time>.json`` and ``latest-<scale>.json``
+(git-ignored scratch). With ``--baseline`` (what ``make bench`` and ``make
+bench-demo`` pass) the same document also goes to ``bench/BASELINE-<scale>.json``,
+which is committed: the README's speed table is generated from it by
+``bench/readme_table.py``, and it records how it was made (command, commit,
+Python, machine, the lock's hash and whether the environment matched it, the
+peers' versions), so every number in the README can be traced and rerun.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib.metadata
+import platform
+import re
 import importlib.util
 import json
 import os
@@ -47,6 +57,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+ROOT = BENCH_DIR.parent
+LOCK = ROOT / "requirements" / "lock.txt"
 SCALES = ("demo", "large")
 
 
@@ -203,6 +215,65 @@ def _print_table(summary: list[dict], scale: str) -> None:
             print(f"- {s['area']}.{s['case']}: {s['note']}")
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _freeze(python: Path) -> dict[str, str]:
+    """name -> version of every distribution a peer's Python has ({} if it has none)."""
+    if not python.exists():
+        return {}
+    code = ("import importlib.metadata as m, json; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def environment() -> dict:
+    """How and where the numbers were made: enough to trace and rerun them."""
+    pins: dict[str, set[str]] = {}
+    if LOCK.exists():
+        for line in LOCK.read_text().splitlines():
+            m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
+            if m:
+                pins.setdefault(_norm(m[1]), set()).add(m[2])
+    have = {_norm(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    off_lock = sorted(f"{n} {have[n]} (lock: {' or '.join(sorted(pins[n]))})"
+                      for n in pins.keys() & have.keys() if have[n] not in pins[n])
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        mem_gib = None
+    peers = BENCH_DIR / ".venv-peers"
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "lock": str(LOCK.relative_to(ROOT)),
+        "lock_sha256": hashlib.sha256(LOCK.read_bytes()).hexdigest() if LOCK.exists() else None,
+        "differs_from_lock": off_lock,
+        "versions": {n: have[n] for n in ("crmlab", "duckdb", "ibis-framework", "pandas", "numpy",
+                                          "pyarrow", "scipy", "scikit-learn", "statsmodels")
+                     if n in have},
+        "peers": {"ydata-profiling": {k: v for k, v in _freeze(peers / "bin" / "python").items()
+                                      if _norm(k) in ("ydata-profiling", "pandas", "numpy")},
+                  "lifetimes": {k: v for k, v in
+                                _freeze(peers / "lifetimes" / "bin" / "python").items()
+                                if _norm(k) in ("lifetimes", "pandas", "numpy", "scipy")}},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", choices=SCALES, default="demo")
@@ -210,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="area or area.case to run (repeatable)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also write the committed bench/BASELINE-<scale>.json (every case, "
+                         "no --only)")
     ap.add_argument("--_case", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = args.work or Path(os.environ.get("CRMLAB_BENCH_WORK", RESULTS_DIR / "work"))
@@ -217,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         _child(args._case, args.scale, work)
         return 0
 
+    if args.baseline and args.only:
+        ap.error("--baseline records a whole run: leave out --only")
     plan = []
     for area, path in _modules().items():
         mod = _load(path)
@@ -236,12 +312,26 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(summary, args.scale)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    cases_at_scale = {}
+    for area, path in _modules().items():
+        mod = _load(path)
+        for case in getattr(mod, "CASES", {}):
+            for sc in getattr(mod, "SCALES", {}).get(case, SCALES):
+                cases_at_scale.setdefault(sc, []).append(f"{area}.{case}")
+    command = "python bench/run.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--baseline")
     doc = {"scale": args.scale, "time": stamp, "cpu_count": os.cpu_count(),
-           "repeat": args.repeat, "cases": summary, "runs": rows}
+           "repeat": args.repeat, "command": command.strip(), "environment": environment(),
+           "cases_at_scale": cases_at_scale, "cases": summary, "runs": rows}
+    text = json.dumps(doc, indent=2, default=float) + "\n"
     out = RESULTS_DIR / f"bench-{args.scale}-{stamp}.json"
-    out.write_text(json.dumps(doc, indent=2, default=float))
-    (RESULTS_DIR / f"latest-{args.scale}.json").write_text(json.dumps(doc, indent=2, default=float))
+    out.write_text(text)
+    (RESULTS_DIR / f"latest-{args.scale}.json").write_text(text)
     print(f"\nwrote {out}")
+    if args.baseline:
+        baseline = BENCH_DIR / f"BASELINE-{args.scale}.json"
+        baseline.write_text(text)
+        print(f"wrote {baseline} (commit it; `python bench/readme_table.py` updates the README)")
     return 1 if any("error" in s for s in summary) else 0
 
 
