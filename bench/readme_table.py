@@ -127,12 +127,15 @@ def _provenance(scale: str, doc: dict) -> str:
     commit = (env.get("commit") or "unknown")[:10] + (" + local changes" if env.get("dirty") else "")
     world = next((c for c in doc["cases"] if _key(c) == "generate.world" and "customers" in c), None)
     size = f" ({world['customers']:,} customers, {world['rows']:,} orders)" if world else ""
+    la = doc.get("load_average", {})
+    load = (f", load average {la['start'][0]:.1f} at the start and {la['end'][0]:.1f} at the end"
+            if la.get("start") and la.get("end") else "")
     when = doc.get("time", "")
     date = f"{when[:4]}-{when[4:6]}-{when[6:8]}" if len(when) >= 8 else when
     return (f"**{SCALES[scale]}**{size}: `bench/{baseline_path(scale).name}`, made by "
             f"`{doc.get('command', 'python bench/run.py --scale ' + scale)}` on {date}, commit "
             f"{commit}, Python {env.get('python', '?')}, {doc.get('cpu_count', '?')} cores, "
-            f"{env.get('memory_gib', '?')} GiB; median of {doc.get('repeat', 1)} run(s), "
+            f"{env.get('memory_gib', '?')} GiB{load}; median of {doc.get('repeat', 1)} run(s), "
             f"time of the measured part and peak memory of the whole process tree.")
 
 

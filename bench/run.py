@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and not any(o in (area, f"{area}.{case}") for o in args.only):
                 continue
             plan.append((area, case))
+    load_start = os.getloadavg()
     rows = []
     for i in range(args.repeat):
         for area, case in plan:
@@ -321,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--baseline")
     doc = {"scale": args.scale, "time": stamp, "cpu_count": os.cpu_count(),
-           "repeat": args.repeat, "command": command.strip(), "environment": environment(),
+           "repeat": args.repeat, "command": command.strip(),
+           # the machine's 1/5/15-minute load averages before and after: on a shared
+           # machine, a high load says the times are slower than the code is
+           "load_average": {"start": [round(x, 2) for x in load_start],
+                            "end": [round(x, 2) for x in os.getloadavg()]},
+           "environment": environment(),
            "cases_at_scale": cases_at_scale, "cases": summary, "runs": rows}
     text = json.dumps(doc, indent=2, default=float) + "\n"
     out = RESULTS_DIR / f"bench-{args.scale}-{stamp}.json"
