@@ -123,6 +123,19 @@ def tiny_world_tables(seed: int = 7) -> dict[str, pd.DataFrame]:
             "campaign_contacts": contacts}
 
 
+#: One order per spelling of a status: what is a purchase is decided by
+#: crmlab.engine.purchases alone (refunded and cancelled are not); the reports'
+#: tests check their own figures against it.
+STATUS_ORDERS = pd.DataFrame({
+    "order_id": range(1, 8),
+    "customer_id": [1, 2, 3, 4, 5, 6, 3],
+    "order_date": pd.to_datetime(["2024-01-05", "2024-02-05", "2024-03-05", "2024-04-05", "2024-05-05",
+                                  "2024-06-05", "2024-06-06"]),
+    "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1.0],
+    "status": [" Paid ", None, "shipped", "refunded", " Cancelled ", "COMPLETED", "canceled"],
+})
+
+
 def write_parquet_dir(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():

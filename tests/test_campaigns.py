@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import STATUS_ORDERS
 from crmlab import campaigns as cp
 from crmlab.exceptions import DataContractError, ParameterError
 
@@ -629,14 +630,6 @@ def test_as_of_leaves_out_later_campaigns():
 # the page: parameters, selection, totals, tables and charts
 # --------------------------------------------------------------------------
 
-STATUS_ORDERS = pd.DataFrame({
-    "order_id": range(1, 8),
-    "customer_id": [1, 2, 3, 4, 5, 6, 3],
-    "order_date": pd.to_datetime(["2024-01-05", "2024-02-05", "2024-03-05", "2024-04-05", "2024-05-05",
-                                  "2024-06-05", "2024-06-06"]),
-    "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1.0],
-    "status": [" Paid ", None, "shipped", "refunded", " Cancelled ", "COMPLETED", "canceled"],
-})
 
 
 def test_a_purchase_means_what_the_engine_says():

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
+from conftest import STATUS_ORDERS
 from crmlab import segmentation as seg
 from crmlab.exceptions import NoDataError, ParameterError
 
@@ -150,17 +151,8 @@ def test_rfm_values_by_hand(tiny):
 
 
 def _status_orders(con, name="status_orders"):
-    """One order per status spelling: what is a purchase is decided by
-    crmlab.engine.purchases alone (refunded/cancelled are not)."""
-    orders = pd.DataFrame({
-        "order_id": range(1, 8),
-        "customer_id": [1, 2, 3, 4, 5, 6, 3],
-        "order_date": pd.to_datetime(["2024-01-05", "2024-02-05", "2024-03-05", "2024-04-05", "2024-05-05",
-                                      "2024-06-05", "2024-06-06"]),
-        "amount": [10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1.0],
-        "status": ["paid", None, "shipped", "refunded", " Cancelled ", "COMPLETED", "canceled"],
-    })
-    return con.create_table(name, orders, overwrite=True)
+    """conftest.STATUS_ORDERS in a DuckDB table."""
+    return con.create_table(name, STATUS_ORDERS, overwrite=True)
 
 
 def test_a_purchase_means_what_the_engine_says(con):
