@@ -48,7 +48,7 @@ LABELS = {
     "campaigns.report_full": "campaigns computation (full)",
     "campaigns.report_world": "campaigns computation on the world",
     "runner.runner_tiny": "a tiny notebook through `crmlab run` (checks, lock, kernel, page, index)",
-    "runner.report_data-quality": "data-quality report through `crmlab run`",
+    "runner.report_data_quality": "data-quality report through `crmlab run`",
     "runner.report_segmentation": "segmentation report through `crmlab run`",
     "runner.report_lifecycle": "lifecycle report through `crmlab run`",
     "runner.report_forecasting": "forecasting report through `crmlab run`",
@@ -145,7 +145,8 @@ def table(scale: str, doc: dict | None, demo: dict | None) -> list[str]:
         keys = (demo or {}).get("cases_at_scale", {}).get(scale) or list(LABELS)
         rows = [f"| {LABELS.get(k, k)} | {NOT_MEASURED} | — | — |"
                 for k in _ordered([k for k in keys if k in LABELS or k.endswith("crmlab")])]
-        return [f"**{SCALES[scale]}**: {NOT_MEASURED} (`make bench-demo` or `make bench` writes "
+        make = "make bench-demo` or `make bench" if scale == "demo" else "make bench"
+        return [f"**{SCALES[scale]}**: {NOT_MEASURED} (`{make}` writes "
                 f"`bench/{baseline_path(scale).name}`).", ""] + head + rows
     cases = doc["cases"]
     mine = {_key(c): c for c in cases if c.get("impl") == "crmlab" and c.get("group") != "setup"
