@@ -19,6 +19,8 @@ FAST := not slow and not postgres and not browser
 # another Python for `make test-python` / `make upstream`
 PY ?= 3.12
 PYBIN ?= python$(PY)
+# the upstream smoke's tests stop after this long (it only warns, and CI has 90 minutes)
+UPSTREAM_TEST_MINUTES ?= 20
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast test-python upstream lab lock lock-upgrade bench bench-demo bench-table clean
@@ -72,7 +74,8 @@ upstream: ## warning-level smoke on the NEWEST releases pyproject.toml allows (f
 	.venv-upstream/bin/crmlab run-all --source .venv-upstream/smoke/world --jobs $(JOBS) \
 	    --reports-dir .venv-upstream/smoke/reports
 	.venv-upstream/bin/crmlab index --reports-dir .venv-upstream/smoke/reports >/dev/null
-	.venv-upstream/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider -m "$(FAST)"
+	timeout -k 30 $(UPSTREAM_TEST_MINUTES)m .venv-upstream/bin/python -m pytest -n $(JOBS) --dist loadgroup -q \
+	    -p no:cacheprovider -m "$(FAST)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
