@@ -103,6 +103,39 @@ def test_series_drops_partial_periods(shop):
     assert s_all["revenue"].iloc[-1] == 30.0
 
 
+def _stamped(con, name, dates):
+    orders = pd.DataFrame({"order_id": range(1, len(dates) + 1), "customer_id": 1,
+                           "order_date": pd.to_datetime(dates), "amount": 10.0})
+    return con.create_table(name, orders, overwrite=True)
+
+
+def test_period_stamped_exports_keep_their_last_period(con):
+    """Monthly totals stamped with the month's first day: the newest stamp's
+    month is a whole month of sales, not a month seen for one day."""
+    monthly = _stamped(con, "stamp_m", pd.date_range("2023-01-01", "2023-06-01", freq="MS").repeat(2))
+    assert fc.build_series(monthly, freq="M")["period"].max() == pd.Timestamp("2023-06-01")
+    # an as_of inside the last stamp's month keeps it; a later one adds unseen months, not kept
+    assert fc.build_series(monthly, freq="M", as_of="2023-06-15")["period"].max() == pd.Timestamp("2023-06-01")
+    assert fc.build_series(monthly, freq="M", as_of="2023-07-15")["period"].max() == pd.Timestamp("2023-06-01")
+    # weekly totals stamped on Mondays; the same monthly stamps read by week are not stamped
+    weekly = _stamped(con, "stamp_w", pd.date_range("2024-01-01", "2024-03-25", freq="W-MON"))
+    assert fc.build_series(weekly, freq="W")["period"].max() == pd.Timestamp("2024-03-25")
+    assert fc.build_series(monthly, freq="W")["period"].max() == pd.Timestamp("2023-05-22")
+
+
+def test_daily_transactions_still_drop_an_incomplete_last_period(con):
+    """Orders on many days whose newest happens to fall on the 1st (or a
+    Monday, or at midnight of the 1st with the others at other hours): the
+    last month (week) was seen for one day and is dropped as before."""
+    days = list(pd.date_range("2023-01-03", "2023-05-28", freq="5D")) + [pd.Timestamp("2023-06-01")]
+    daily = _stamped(con, "daily_m", days)
+    assert fc.build_series(daily, freq="M")["period"].max() == pd.Timestamp("2023-05-01")
+    assert fc.build_series(daily, freq="W")["period"].max() < pd.Timestamp("2023-05-29")
+    hours = pd.date_range("2023-01-01", "2023-06-01", freq="MS") + pd.Timedelta(hours=9)
+    timed = _stamped(con, "timed_m", list(hours[:-1]) + [pd.Timestamp("2023-06-01")])
+    assert fc.build_series(timed, freq="M")["period"].max() == pd.Timestamp("2023-05-01")
+
+
 def test_series_groups_by_order_customer_segment_and_line_columns(shop):
     by_channel = fc.build_series(shop["orders"], freq="W", group_by="channel")
     assert by_channel.groupby("group")["revenue"].sum().to_dict() == {"app": 70.0, "web": 40.0}

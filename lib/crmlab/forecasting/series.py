@@ -211,7 +211,13 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
         series runs to its period.
     complete_periods : bool
         Drop a first and last period that the data covers only in part, so
-        a half-observed week is not mistaken for a collapse in sales.
+        a half-observed week is not mistaken for a collapse in sales. When
+        every purchase falls on the first instant of its period (an export
+        of period totals stamped with the period's first day, e.g. monthly
+        sales dated the 1st), the period of the newest stamp is complete:
+        the stamp stands for the whole period. Detected from the data;
+        transactional data whose newest order merely falls on a 1st keeps
+        the rule above.
 
     Returns
     -------
@@ -272,15 +278,19 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
             "orders": (x._order.nunique() if "_order" in x.columns else x._amount.count())}
     if has_discount:
         aggs["_disc"] = x._discount.sum()
-    # the first and last order per cell give the data's span without another scan
+    # the first and last order per cell give the data's span without another
+    # scan, and the orders after their period's first instant tell whether the
+    # data is period-stamped (every order at the start of its period)
     aggs["_first"], aggs["_last"] = x._date.min(), x._date.max()
+    aggs["_unstamped"] = (x._date > x._period).sum()
     per = x.group_by(["_group", "_period"]).aggregate(**aggs).to_pandas()
     sizes = x.group_by("_group").aggregate(group_customers=x[customer_id_col].nunique()).to_pandas()
     if per.empty or per["_first"].isna().all():
         raise NoDataError("table orders has no purchases (orders that are not refunded or "
                           "cancelled) with an order_date on or before the snapshot date")
     span = pd.DataFrame({"first": [per["_first"].min()], "last": [per["_last"].max()]})
-    per = per.drop(columns=["_first", "_last"])
+    stamped = int(per["_unstamped"].fillna(0).sum()) == 0
+    per = per.drop(columns=["_first", "_last", "_unstamped"])
     if group_by is not None:   # "Web", " web " and "WEB" are one group
         canon = canonical_labels(per["_group"], per["revenue"])
         if any(k != v for k, v in canon.items()):
@@ -289,14 +299,17 @@ def build_series(orders: ir.Table, *, order_lines: ir.Table | None = None,
             sizes = sizes.assign(_group=sizes["_group"].map(canon)).groupby(
                 "_group", as_index=False)["group_customers"].sum()
 
-    first, last = pd.Timestamp(span["first"].iloc[0]), pd.Timestamp(span["last"].iloc[0])
-    last = max(last, pd.Timestamp(snap))
+    first, newest = pd.Timestamp(span["first"].iloc[0]), pd.Timestamp(span["last"].iloc[0])
+    last = max(newest, pd.Timestamp(snap))
     periods = period_range(first, last, freq)
     if complete_periods:
         if len(periods) and first.normalize() > periods[0]:
             periods = periods[1:]
+        # period-stamped data (monthly totals dated the 1st): the newest
+        # stamp stands for its whole period, which is then complete
         if len(periods) and last.normalize() < period_end(periods[-1:], freq)[0]:
-            periods = periods[:-1]
+            if not (stamped and period_start([newest], freq)[0] == periods[-1]):
+                periods = periods[:-1]
     if len(periods) == 0:
         raise NoDataError(f"the purchases in table orders ({first:%Y-%m-%d} to {last:%Y-%m-%d}) "
                           f"cover no complete {FREQ_RULES[freq]['label']}; a forecast needs many "
