@@ -975,3 +975,37 @@ def test_gradient_boosting_with_nothing_to_learn_from():
     m = fm.GradientBoostingForecaster(calendar="none").fit(Y, periods, freq="W")
     out = m.forecast(3)["mean"]
     assert np.isfinite(out).all() and out[1, 0] == pytest.approx(1.0)   # the season's mean, 52 / 52
+
+
+def test_a_group_starts_at_its_first_sale():
+    """Two categories with the same seasonal monthly sales, "new" starting
+    two years after "old", and "recent" only in the last 10 months: the
+    months before a category existed are not history. Before, "new" had a
+    backtest MASE of 287 (scaled by an in-sample error made of zeros) and
+    gradient boosting forecast "recent" at 1.8 times its level."""
+    rng = np.random.default_rng(5)
+    T = 62          # backtest origins at months 26, 38 and 50
+    periods = pd.date_range("2017-01-01", periods=T, freq="MS")
+    season = 1 + 0.3 * np.sin(2 * np.pi * np.arange(T) / 12)
+    live = {"old": 0, "new": 24, "recent": T - 10}
+    frames = []
+    for g, a in live.items():
+        y = np.zeros(T)
+        y[a:] = 1000 * season[a:] * rng.normal(1, 0.05, T - a)
+        frames.append(pd.DataFrame({"group": g, "period": periods, "revenue": y,
+                                    "group_customers": 50}))
+    res = fc.forecast(pd.concat(frames, ignore_index=True), freq="M", horizon=12, n_origins=4,
+                      calendar="none", detailed_models=(), n_detailed=0)
+    chosen = res.scores[res.scores["chosen"]].set_index("group")
+    assert chosen.loc["new", "mase"] < 2 * chosen.loc["old", "mase"] < 3
+    # no model is scored on "new" before it had a year of life, nor on "recent" at all
+    bt = res.backtest_frame
+    first = bt[bt["group"] == "new"]["period"].min()
+    assert first >= periods[24 + 12]
+    assert not (bt["group"] == "recent").any()
+    fut = res.forecast_frame.set_index("group")
+    for g in live:
+        level = res.Y[res.groups.index(g), -10:].mean()
+        ratio = fut.loc[g, "yhat"].mean() / level
+        assert 0.75 < ratio < 1.25, (g, ratio)
+        assert (fut.loc[g, "lo80"] < fut.loc[g, "yhat"]).all()

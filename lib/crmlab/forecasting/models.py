@@ -650,7 +650,9 @@ class GradientBoostingForecaster(PanelForecaster):
     natively), the period of the year, the holiday shares of ``calendar``
     and the exogenous columns (promotion share). Forecasts are made one
     step at a time, each prediction feeding the lags of the next (the
-    recursive strategy), for all series at once.
+    recursive strategy), for all series at once. A series may be NaN before
+    its first sale (a group that did not exist yet): those periods give no
+    training rows and their lags are missing, not zero.
 
     Parameters
     ----------
@@ -693,7 +695,10 @@ class GradientBoostingForecaster(PanelForecaster):
         """Features of all rows at time ``t`` from values ``Z[:, :t]``."""
         n = Z.shape[0]
         lo = max(0, t - self.m_)
-        s = Z[:, lo:t].mean(axis=1) if t > lo else np.zeros(n)
+        # NaN before a series' first sale: its season's mean is over its life
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            s = np.nanmean(Z[:, lo:t], axis=1) if t > lo else np.zeros(n)
         lag_cols = []
         for L in self.lags_:
             lag_cols.append(Z[:, t - L] / np.where(s > 0, s, 1) if t - L >= 0 else np.full(n, np.nan))

@@ -10,7 +10,11 @@ report's forecasting sections for the total and for every group at once:
    last one ``horizon`` periods before the end of the training data) every
    model is fitted on the data up to the origin only and forecasts
    ``horizon`` periods; errors are scored by MASE (scaled by the in-sample
-   seasonal naive MAE at that origin) and sMAPE.
+   seasonal naive MAE at that origin) and sMAPE. Each series starts at its
+   first sale (:func:`first_sales`): the periods before a group existed are
+   neither fitted nor part of its MASE scale, and a group is scored only at
+   origins with ``max(10, horizon)`` periods of its life behind them (a
+   younger group gets the seasonal naive forecast of what it has).
 3. Selection: per series, the model with the lowest mean MASE; a simple
    ensemble (the mean of the ``ensemble_size`` best models) replaces it when
    its backtest MASE is lower.
@@ -21,7 +25,10 @@ report's forecasting sections for the total and for every group at once:
    conformal intervals from the backtest's absolute errors per horizon
    step (scaled by each series' mean error and pooled over like series:
    the total and the regular groups together, intermittent groups -- more
-   than ``INTERMITTENT_SHARE`` of periods without sales -- apart).
+   than ``INTERMITTENT_SHARE`` of periods without sales -- apart; outside
+   intermittent groups the width follows each step's forecast level,
+   :func:`level_factor`, so a December peak gets a wider range than a
+   quiet January).
    ``ForecastResult.interval_source`` says which, per group. Coverage
    of both kinds is measured in the backtest (conformal ones
    leave-one-origin-out, so an origin's errors never calibrate its own
@@ -51,6 +58,10 @@ from crmlab.forecasting.models import DETAILED_MODELS, FAST_MODELS, LEVELS, MODE
 from crmlab.forecasting.series import TOTAL, check_freq, future_periods, to_panel
 
 RECONCILE = ("auto", "bottom_up", "top_down", "none")
+# fitted across all series at once, on each series' life (NaN before it)
+GLOBAL_MODELS = ("gradient_boosting",)
+# the models a group with less life than a forecast needs may still get
+SHORT_LIFE_MODELS = ("naive", "seasonal_naive", "moving_average")
 BOTTOM_UP = "bottom_up"   # the total's pseudo-model: the sum of the groups' chosen forecasts
 # a model's own intervals are kept when their backtest coverage is within
 # this of the nominal 80% (scaled to each level's tail: +-0.10 at 80%,
@@ -59,6 +70,9 @@ CALIBRATION = 0.10
 # a series with more than this share of periods without sales is
 # intermittent: its errors calibrate intervals apart from the regular series'
 INTERMITTENT_SHARE = 0.10
+# conformal widths follow the forecast's level (see level_factor); a step
+# forecast far below its window's mean keeps at least this share of the width
+LEVEL_FLOOR = 0.25
 
 
 @dataclasses.dataclass
@@ -166,6 +180,36 @@ def rolling_origins(n_train: int, horizon: int, n_origins: int, step: int, min_t
     return [o for o in (last - k * step for k in reversed(range(n_origins))) if o >= min_train]
 
 
+def level_factor(pred: np.ndarray, h: int) -> np.ndarray:
+    """Each step's forecast over the mean forecast of the first ``h`` steps:
+    the shape of a conformal interval's width along the window.
+
+    Errors of sales forecasts grow with the level forecast (a December five
+    times January misses by five times as much), so the conformal score is
+    the absolute error divided by this factor (a normalised nonconformity
+    score: Papadopoulos, Vovk & Gammerman 2011, *JAIR* 40; the coverage
+    guarantee holds for any such scale fixed by the forecast alone) and the
+    width is multiplied by it. A flat forecast gives 1 at every step.
+    Forecasts are taken as at least zero; the factor is at least
+    ``LEVEL_FLOOR``.
+
+    Parameters
+    ----------
+    pred : array (..., steps)
+    h : int
+        Steps whose mean is the reference level (the backtest horizon).
+
+    Examples
+    --------
+    >>> level_factor(np.array([[1.0, 3.0], [0.0, 0.0]]), 2).tolist()
+    [[0.5, 1.5], [1.0, 1.0]]
+    """
+    p = np.clip(np.nan_to_num(np.asarray(pred, float)), 0, None)
+    ref = p[..., :h].mean(axis=-1, keepdims=True)
+    f = np.divide(p, ref, out=np.ones_like(p), where=ref > 0)
+    return np.maximum(f, LEVEL_FLOOR)
+
+
 def periods_needed(horizon: int, holdout: int = 0) -> int:
     """The fewest periods of history a forecast can be made from: the
     ``holdout``, then one backtest window of ``horizon`` periods after at
@@ -195,13 +239,76 @@ def _make(name: str, *, calendar: str, random_state, exog_names, final: bool = T
     return cls(**kw)
 
 
-def _run(name, rows, Y, X, periods, freq, o, steps, exog_future, levels, mk):
-    """Fit one model on rows' data before ``o``; forecast ``steps``."""
-    model = mk(name)
-    Xo = None if X is None else X[rows, :o]
-    model.fit(Y[rows, :o], periods[:o], freq=freq, exog=Xo)
-    xf = None if exog_future is None else exog_future[rows]
-    return model, model.forecast(steps, exog_future=xf, levels=levels)
+def first_sales(Y: np.ndarray) -> np.ndarray:
+    """The index of each row's first period with sales (0 for a row without
+    any): a group's series starts there, the periods before it existed are
+    not history.
+
+    Examples
+    --------
+    >>> first_sales(np.array([[0.0, 0.0, 3.0, 0.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])).tolist()
+    [2, 0, 0]
+    """
+    sold = np.asarray(Y) != 0
+    return np.where(sold.any(axis=1), sold.argmax(axis=1), 0)
+
+
+def life_scale(Y: np.ndarray, start: np.ndarray, o: int, m: int) -> np.ndarray:
+    """The MASE scale (:func:`metrics.insample_scale`) of each row on its own
+    life, from its first sale (``start``) to before ``o``: (n,)."""
+    out = np.ones(len(Y))
+    for s in np.unique(start):
+        rows = np.flatnonzero(start == s)
+        out[rows] = M.insample_scale(Y[rows, s:max(o, s + 1)], m)
+    return out
+
+
+def _run(name, rows, Y, X, periods, freq, o, steps, exog_future, levels, mk, start, min_life,
+         short_ok=False):
+    """Fit one model on each row's life before ``o`` (from its first sale,
+    ``start``); forecast ``steps``.
+
+    Rows of one start are fitted together; the global model
+    (``GLOBAL_MODELS``) is fitted on all rows at once with the periods before
+    each row's start missing (NaN). Rows with less than ``min_life`` periods
+    of life get NaN -- or, with ``short_ok``, the simple models
+    (``SHORT_LIFE_MODELS``) only. Returns the fitted models (the first holds
+    ``rows[0]`` as its first row) and ``{"mean": (len(rows), steps), level:
+    (lo, hi)}``.
+    """
+    rows = np.asarray(rows, int)
+    life = o - start[rows]
+    fit = (life >= min_life) | (short_ok & (name in SHORT_LIFE_MODELS) & (life >= 1))
+    out = {"mean": np.full((len(rows), steps), np.nan)}
+    for lv in levels:
+        out[lv] = (np.full((len(rows), steps), np.nan), np.full((len(rows), steps), np.nan))
+    xf_all = None if exog_future is None else exog_future[rows]
+    if name in GLOBAL_MODELS:
+        cohorts = [np.arange(len(rows))]
+        Yo = Y[rows, :o].copy()
+        Yo[np.arange(o)[None, :] < start[rows][:, None]] = np.nan
+        first = {0: 0}
+    else:
+        firsts = dict.fromkeys(start[rows][fit])   # in row order: rows[0]'s cohort first
+        cohorts = [np.flatnonzero((start[rows] == s0) & fit) for s0 in firsts]
+        first = {k: int(start[rows][c[0]]) for k, c in enumerate(cohorts)}
+    models = []
+    for k, c in enumerate(cohorts):
+        if not len(c):
+            continue
+        a = first[k]
+        model = mk(name)
+        y = Yo[c] if name in GLOBAL_MODELS else Y[rows[c], a:o]
+        Xo = None if X is None else X[rows[c], a:o]
+        model.fit(y, periods[a:o], freq=freq, exog=Xo)
+        res = model.forecast(steps, exog_future=None if xf_all is None else xf_all[c], levels=levels)
+        keep = fit[c]
+        out["mean"][c[keep]] = res["mean"][keep]
+        for lv in levels:
+            if lv in res:
+                out[lv][0][c[keep]], out[lv][1][c[keep]] = res[lv][0][keep], res[lv][1][keep]
+        models.append(model)
+    return models, out
 
 
 def _one_blas_thread(func):
@@ -359,15 +466,33 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     # -- backtest -------------------------------------------------------
     O, h = len(origins), horizon
     actual = np.stack([Y[:, o:o + h] for o in origins])                       # (O, n, h)
-    scale = np.stack([M.insample_scale(Y[:, :o], m) for o in origins])        # (O, n)
+    # every row's series starts at its first sale in the training data: the
+    # periods before a group existed are neither fitted nor scored, and a row
+    # is backtested at an origin only with min_life periods of life before it
+    start = first_sales(Y[:, :n_train])
+    min_life = max(10, horizon)
+    scale = np.stack([life_scale(Y, start, o, m) for o in origins])           # (O, n)
+    final_scale = life_scale(Y, start, n_train, m)
+    young_rows = [i for i in range(1, n) if n_train - start[i] < min_life]
+    if young_rows:
+        notes.append(f"{len(young_rows)} group(s) sold for fewer than {min_life} {rules['label']}s "
+                     "before the forecast: too young for the backtest, they get the seasonal naive "
+                     "forecast of the history they have")
     bt = {k: np.full((O, n, h), np.nan) for k in names}
     bt_int = {k: {lv: (np.full((O, n, h), np.nan), np.full((O, n, h), np.nan)) for lv in levels}
               for k in names}
+    # a group too young to be scored still adds its seasonal naive forecast
+    # (on what life it has; zero before it existed) to the sum of the groups
+    young = np.zeros((O, n, h))
     for oi, o in enumerate(origins):
         xf = future_x(o, h)
+        if n > 1:
+            _, out = _run("seasonal_naive", range(n), Y, X, periods, freq, o, h, xf, (), mk,
+                          start, min_life, short_ok=True)
+            young[oi] = np.nan_to_num(out["mean"])
         for name in names:
             rows = rows_of[name]
-            _, out = _run(name, rows, Y, X, periods, freq, o, h, xf, levels, mk)
+            _, out = _run(name, rows, Y, X, periods, freq, o, h, xf, levels, mk, start, min_life)
             bt[name][oi, rows] = out["mean"]
             for lv in levels:
                 if lv in out:
@@ -376,15 +501,24 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         for name in names:
             np.clip(bt[name], 0, None, out=bt[name])
 
-    def mase_of(pred):   # (O, n, h) -> (n,) mean over origins
-        return np.nanmean(np.nanmean(np.abs(actual - pred), axis=2) / scale, axis=0) \
-            if np.isfinite(pred).any() else np.full(n, np.nan)
+    def mase_of(pred):   # (O, n, h) -> (n,) mean over the origins that scored a row
+        if not np.isfinite(pred).any():
+            return np.full(n, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.nanmean(np.abs(actual - pred), axis=2) / scale, axis=0)
+
+    def smape_of(pred):  # (O, n, h) -> (n,); an origin that did not score a row is left out
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per = np.where(np.isfinite(pred).all(axis=2), M.smape(actual, pred), np.nan)
+            return np.nanmean(per, axis=0)
 
     with np.errstate(all="ignore"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mase_tab = {k: mase_of(bt[k]) for k in names}
-            smape_tab = {k: np.nanmean(M.smape(actual, bt[k]), axis=0) for k in names}
+            smape_tab = {k: smape_of(bt[k]) for k in names}
     for k in names:  # rows a model did not run on
         missing = np.ones(n, bool)
         missing[rows_of[k]] = False
@@ -410,7 +544,7 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         bt["ensemble"] = ens_bt
         mase_tab["ensemble"] = mase_of(ens_bt)
         with np.errstate(all="ignore"):
-            smape_tab["ensemble"] = np.nanmean(M.smape(actual, ens_bt), axis=0)
+            smape_tab["ensemble"] = smape_of(ens_bt)
         bt_int["ensemble"] = {lv: (np.full((O, n, h), np.nan),) * 2 for lv in levels}
         rows_of["ensemble"] = [i for i in range(n) if groups[i] in ensembles]
         for i in rows_of["ensemble"]:
@@ -422,14 +556,15 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     if n > 1 and reconcile != "none":
         bu = np.zeros((O, n, h))
         bu[:] = np.nan
-        bu[:, 0] = np.nansum(np.stack([bt[chosen[g]][:, i] for i, g in enumerate(groups) if i],
-                                      axis=1), axis=1)
+        own = [np.where(np.isfinite(bt[chosen[g]][:, i]), bt[chosen[g]][:, i], young[:, i])
+               for i, g in enumerate(groups) if i]
+        bu[:, 0] = np.sum(np.stack(own, axis=1), axis=1)
         bt[BOTTOM_UP] = bu
         rows_of[BOTTOM_UP] = [0]
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mase_tab[BOTTOM_UP] = mase_of(bu)
-            smape_tab[BOTTOM_UP] = np.nanmean(M.smape(actual, bu), axis=0)
+            smape_tab[BOTTOM_UP] = smape_of(bu)
         bt_int[BOTTOM_UP] = {lv: (np.full((O, n, h), np.nan),) * 2 for lv in levels}
         names_all.append(BOTTOM_UP)
         reconciled_mase = float(mase_tab[BOTTOM_UP][0])
@@ -445,9 +580,13 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
     # with many periods without sales (intermittent) have errors of another
     # shape -- mostly zero, now and then large -- so they pool apart from the
     # total and the regular groups
-    abs_err = {k: np.abs(actual - bt[k]) for k in names_all}                  # (O, n, h)
-    intermittent = (Y[:, :n_train] <= 0).mean(axis=1) > INTERMITTENT_SHARE
+    alive = np.arange(n_train)[None, :] >= start[:, None]
+    intermittent = ((Y[:, :n_train] <= 0) & alive).sum(axis=1) / alive.sum(axis=1) > INTERMITTENT_SHARE
     intermittent[0] = False
+    # widths follow each step's forecast level (level_factor), except in
+    # intermittent series, whose forecasts near zero say little of their errors
+    lf = {k: np.where(intermittent[None, :, None], 1.0, level_factor(bt[k], h)) for k in names_all}
+    abs_err = {k: np.abs(actual - bt[k]) / lf[k] for k in names_all}         # (O, n, h)
 
     def pools(rows):
         rows = list(rows)
@@ -461,7 +600,7 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             s = np.nanmean(e, axis=(0, 2))                                    # (n,)
-        s = np.where(np.isfinite(s) & (s > 0), s, scale[-1])
+        s = np.where(np.isfinite(s) & (s > 0), s, final_scale)
         Q = {lv: np.full((n, h), np.nan) for lv in levels}
         for pool in pools(rows):
             r = (e[:, pool] / s[pool][None, :, None]).reshape(-1, h)
@@ -490,7 +629,8 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
                     c_model[lv] = M.coverage(actual[:, i], np.clip(lo, 0, None) if nonnegative else lo,
                                              bt_int[k][lv][1][:, i])
                 if loo is not None:
-                    half = np.stack([loo[oi][0][lv][i] * loo[oi][1][i] for oi in range(O)])
+                    half = np.stack([loo[oi][0][lv][i] * loo[oi][1][i] * lf[k][oi, i]
+                                     for oi in range(O)])
                     lo, hi = bt[k][:, i] - half, bt[k][:, i] + half
                     c_conf[lv] = M.coverage(actual[:, i], np.clip(lo, 0, None) if nonnegative else lo, hi)
             calibrated = bool(c_model) and all(
@@ -513,8 +653,9 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         if name not in need and name != "seasonal_naive" and name != "sarimax":
             continue
         rows = rows_of[name]
-        model, out = _run(name, rows, Y, X, periods, freq, n_train, steps, xf, levels, mk_final)
-        fitted_models[name] = (model, rows)
+        models, out = _run(name, rows, Y, X, periods, freq, n_train, steps, xf, levels, mk_final,
+                           start, min_life, short_ok=True)
+        fitted_models[name] = (models, rows)
         final[name] = np.full((n, steps), np.nan)
         final[name][rows] = out["mean"]
         final_int[name] = {lv: (np.full((n, steps), np.nan), np.full((n, steps), np.nan))
@@ -551,7 +692,8 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
             if own:
                 bounds[lv][0][i], bounds[lv][1][i] = final_int[k][lv][0][i], final_int[k][lv][1][i]
             else:
-                half = q_steps(k, lv, i) * q[k][1][i]
+                shape = 1.0 if intermittent[i] else level_factor(mean[i], h)
+                half = q_steps(k, lv, i) * q[k][1][i] * shape
                 bounds[lv][0][i], bounds[lv][1][i] = mean[i] - half, mean[i] + half
     if nonnegative:
         mean = np.clip(mean, 0, None)
@@ -606,13 +748,14 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
                                    "period": np.tile(periods[n_train:], n),
                                    "actual": act_h.ravel(), "yhat": pred_h.ravel(),
                                    "model": "holdout"}))
-        hm = M.mase(act_h, pred_h, Y[:, :n_train], m)
+        hm = np.mean(np.abs(act_h - pred_h), axis=1) / final_scale
         hs = M.smape(act_h, pred_h)
         hold_rows = [{"group": g, "mase": float(hm[i]), "smape": float(hs[i]), "model": labels[g],
                       **{f"coverage_{lv}": M.coverage(act_h[i], bounds[lv][0][i, :holdout],
                                                       bounds[lv][1][i, :holdout]) for lv in levels}}
                      for i, g in enumerate(groups)]
     backtest_frame = pd.concat(parts, ignore_index=True)
+    backtest_frame = backtest_frame[backtest_frame["yhat"].notna()].reset_index(drop=True)
     holdout_scores = pd.DataFrame(hold_rows, columns=["group", "mase", "smape", "model"]
                                   + [f"coverage_{lv}" for lv in levels])
 
@@ -648,8 +791,10 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         totals[g] = rec
 
     effects = pd.DataFrame(columns=["regressor", "effect", "p_value", "event_period_effect"])
-    if "sarimax" in fitted_models:
-        model, rows = fitted_models["sarimax"]
+    if (fitted_models.get("sarimax", ([], None))[0] and fitted_models["sarimax"][1][0] == 0
+            and n_train - start[0] >= min_life):
+        # the total's fit: row 0 leads the first cohort (see _run)
+        model = fitted_models["sarimax"][0][0]
         coefs = model.fit_coefficients()
         if coefs and coefs[0]:
             pv = model.pvalues_.get(0, {})
@@ -661,8 +806,9 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
             effects["event_period_effect"] = [coefs[0][k] * peak[k] if k in peak else np.nan
                                               for k in eff]
         for name in ("sarimax", "ets", "theta"):
-            if name in fitted_models and fitted_models[name][0].fallback_rows_:
-                notes.append(f"{name}: {len(fitted_models[name][0].fallback_rows_)} series could "
+            failed = sum(len(mdl.fallback_rows_) for mdl in fitted_models.get(name, ([], None))[0])
+            if failed:
+                notes.append(f"{name}: {failed} series could "
                              "not be fitted and used the seasonal naive forecast")
 
     return ForecastResult(
