@@ -1009,3 +1009,20 @@ def test_a_group_starts_at_its_first_sale():
         ratio = fut.loc[g, "yhat"].mean() / level
         assert 0.75 < ratio < 1.25, (g, ratio)
         assert (fut.loc[g, "lo80"] < fut.loc[g, "yhat"]).all()
+
+
+def test_the_default_horizon_follows_the_frequency(tiny_data):
+    """horizon=0 (the notebook's default) is the frequency's own: 28 days,
+    13 weeks, 12 months -- so monthly forecasts always have the same months
+    last year to compare with (13 months never did)."""
+    from crmlab.runner import known_parameters
+
+    assert known_parameters("forecasting")["horizon"]["default"] == 0
+    assert {f: fc.FREQ_RULES[f]["horizon"] for f in "DWM"} == {"D": 28, "W": 13, "M": 12}
+    fc.check_parameters(tiny_data, **{**PARAMS, "horizon": 0})
+    with pytest.raises(ParameterError, match="horizon"):
+        fc.check_parameters(tiny_data, **{**PARAMS, "horizon": -1})
+    res = fc.forecast(staggered_monthly_panel(), freq="M", horizon=0, n_origins=2,
+                      fast_models=FAST, detailed_models=(), calendar="none")
+    assert res.horizon == 12
+    assert fc.group_table(res).set_index("group").loc["a", "last_year"] > 0

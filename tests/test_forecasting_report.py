@@ -34,7 +34,7 @@ ISSUE_KEYS = {"model", "backtest_mase", "backtest_smape", "seasonal_naive_mase",
 FORECAST_COLUMNS = ["group", "period", "model", "yhat", "lo80", "hi80", "lo95", "hi95"]
 BACKTEST_COLUMNS = ["group", "period", "actual", "yhat", "model"]
 HOLDOUT = 8
-HORIZON = 13          # the notebook's default
+HORIZON = 13          # the notebook's default at freq=W
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_monthly_export_from_1987_to_1993_publishes(tmp_path):
 def test_daily_data_in_2007_publishes(tmp_path):
     src = _export(tmp_path, _days("2007-01-01", "2007-12-31", 3000))
     m, _ = _published(_run(src, tmp_path, freq="D", calendar="cn"))
-    assert m["freq"] == "D" and m["horizon"] == 13
+    assert m["freq"] == "D" and m["horizon"] == 28          # the daily default: four weeks
 
 
 def test_categories_that_start_and_stop_with_no_calendar(tmp_path):
@@ -253,7 +253,7 @@ def test_too_little_history_is_refused_with_what_it_needs(tmp_path, shape, param
     run = _run(_export(tmp_path, dates), tmp_path, **params)
     assert run.exit_code == 3, run.message
     assert "Traceback" not in run.message
-    assert ("needs at least 26" in run.message if shape == "four days"
+    assert ("needs at least 56" in run.message if shape == "four days"
             else "cover no complete week" in run.message)
 
 

@@ -145,8 +145,9 @@ def check_parameters(data, *, freq: str, value: str, group_by: str, horizon: int
             listed = "; ".join(f"{t}: {', '.join(c)}" for t, c in known.items() if c)
             problems.append(f"group_by {group_by!r} is not a column that can group sales; "
                             f"known: {listed}")
-    if not 1 <= horizon <= 1000:
-        problems.append(f"horizon must be between 1 and 1000 periods, not {horizon}")
+    if not 0 <= horizon <= 1000:
+        problems.append(f"horizon must be between 1 and 1000 periods (0 = the frequency's "
+                        f"default), not {horizon}")
     if holdout < 0:
         problems.append(f"holdout must be 0 or more, not {holdout}")
     if not 1 <= n_origins <= 52:

@@ -348,7 +348,8 @@ def forecast(series: pd.DataFrame, *, value: str = "revenue", freq: str = "W",
         The column to forecast (``"revenue"`` or ``"orders"``).
     freq : {"D", "W", "M"}
     horizon : int, optional
-        Periods ahead; default per frequency (28 days, 12 weeks, 6 months).
+        Periods ahead; None or 0: the frequency's default
+        (``FREQ_RULES[freq]["horizon"]``: 28 days, 13 weeks, 12 months).
     holdout : int
         The last N periods withheld from selection and fitting and scored at
         the end. The forecast then runs ``holdout + horizon`` periods from the

@@ -19,14 +19,16 @@ from crmlab.engine import as_of_literal, purchases, snapshot_date
 from crmlab.exceptions import DataContractError, NoDataError, ParameterError
 
 # Per-frequency rules: the seasonal cycle used by the seasonal models, the
-# number of periods in a year (for Fourier terms), the default horizon,
-# the moving-average window and the lags of the gradient-boosting model.
+# number of periods in a year (for Fourier terms), the default horizon (four
+# weeks of days, a quarter of weeks, a year of months: a monthly forecast then
+# always has the same months last year to compare with), the moving-average
+# window and the lags of the gradient-boosting model.
 FREQ_RULES: dict[str, dict] = {
     "D": {"season_length": 7, "periods_per_year": 365.25, "horizon": 28, "window": 7,
           "label": "day", "fourier": ((7, 3), (365.25, 4)), "lags": (1, 2, 3, 6, 7, 8, 14, 364)},
-    "W": {"season_length": 52, "periods_per_year": 365.25 / 7, "horizon": 12, "window": 4,
+    "W": {"season_length": 52, "periods_per_year": 365.25 / 7, "horizon": 13, "window": 4,
           "label": "week", "fourier": ((365.25 / 7, 5),), "lags": (1, 2, 3, 4, 51, 52, 53)},
-    "M": {"season_length": 12, "periods_per_year": 12.0, "horizon": 6, "window": 3,
+    "M": {"season_length": 12, "periods_per_year": 12.0, "horizon": 12, "window": 3,
           "label": "month", "fourier": ((12, 4),), "lags": (1, 2, 3, 11, 12, 13)},
 }
 
