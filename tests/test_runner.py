@@ -454,3 +454,129 @@ def test_a_measure_that_cannot_be_computed_fails_its_expression_with_a_sentence(
                               run_dir=tmp_path / "run", source_info=info, params={"source": str(src)},
                               reports_dir=tmp_path / "reports")
     assert later["passed"] is False and "the source changed during the run" in later["checks"][0]["reason"]
+
+
+# -- small data is fast: what the source check hands on, the kernel started ahead ----
+
+def _descendant_kernels() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            and any("ipykernel" in part for part in p.cmdline())]
+
+
+def test_the_contract_check_of_a_conforming_source_needs_no_pandera(tmp_path):
+    # pandera (about a second to import and validate) only words the failures
+    src = tiny_source(tmp_path / "src")
+    code = ("import sys\nfrom crmlab import runner\ninfo = runner.check_source(sys.argv[1])\n"
+            "print(info['row_counts']['orders'], 'pandera' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True,
+                          env=dict(os.environ, CRMLAB_DATA_DIR=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "False"]
+    bad = tiny_source(tmp_path / "bad", columns=("customer_id", "order_date"))
+    with pytest.raises(runner.DataContractError, match="required column amount is missing"):
+        runner.check_source(str(bad))
+
+
+def test_the_notebook_reuses_the_checks_verdict_on_the_same_files(tmp_path, monkeypatch):
+    from crmlab import sources
+
+    monkeypatch.setenv("CRMLAB_DATA_DIR", str(tmp_path / "cache"))
+    src = tiny_source(tmp_path / "src")
+    (src / "customers.csv").write_text("customer_id,name\n00001,Ann\n2,Bo\n", encoding="utf-8")
+    info = runner.check_source(str(src))
+    first = sources.open_source(str(src))
+    calls = []
+    monkeypatch.setattr(sources.Dataset, "_settle_id_types", lambda self: calls.append("settle"))
+    monkeypatch.setattr(sources.Dataset, "_check_contract", lambda self: calls.append("check"))
+    again = sources.open_source(str(src))
+    assert calls == [] and again.id_types == first.id_types == {"customer_id": "string"}
+    assert again.fingerprint == info["fingerprint"]
+    assert again.to_pandas("orders").equals(first.to_pandas("orders"))
+    # changed files are checked again
+    (src / "orders.csv").write_text("customer_id,order_date,amount\n1,2026-06-01,10\n", encoding="utf-8")
+    os.utime(src / "orders.csv", (1_780_000_000, 1_780_000_000))
+    sources.open_source(str(src))
+    assert calls == ["settle", "check"]
+
+
+def test_a_small_typed_table_is_typed_once_with_the_same_rows(tmp_path, monkeypatch):
+    from crmlab import sources
+
+    monkeypatch.setenv("CRMLAB_DATA_DIR", str(tmp_path / "cache"))
+    src = tiny_source(tmp_path / "src", rows=5)
+    with (src / "orders.csv").open("a", encoding="utf-8") as fh:
+        fh.write("3,not a date,1.0\n")
+    ds = sources.open_source(str(src))
+    typed = ds.table("orders")
+    assert ds.table("orders") is typed
+    # a temp table in DuckDB, not the typing chain over the CSV text
+    temp = {name for name, is_temp in ds.backend.raw_sql(
+        "SELECT table_name, temporary FROM duckdb_tables()").fetchall() if is_temp}
+    assert typed.get_name().rsplit(".", 1)[-1] in temp
+    assert "ANTI JOIN" not in ds.backend.compile(typed.count())
+    view = ds.work("orders").expr.select("_row", *ds.columns("orders")).filter(lambda t: t._row != 6)
+    expected = view.drop("_row").to_pandas().sort_values(["order_date"], ignore_index=True)
+    got = typed.to_pandas().sort_values(["order_date"], ignore_index=True)
+    assert len(got) == 5 and got.equals(expected)
+    monkeypatch.setattr(sources, "CACHE_TYPED_ROWS", 2)
+    other = sources.open_source(str(src))
+    big = other.table("orders")
+    assert "ANTI JOIN" in other.backend.compile(big.count()) and big.count().execute() == 5
+
+
+def test_preload_modules_are_the_crmlab_modules_a_notebook_imports(project):
+    for report in ("segmentation", "data-quality"):
+        real = runner.preload_modules(Path(runner.__file__).resolve().parents[2] / "notebooks"
+                                      / runner.config.REPORTS[report])
+        assert real[:1] == ["crmlab"] and {"crmlab.report", "crmlab.sources"} <= set(real)
+        assert all(m == "crmlab" or m.startswith("crmlab.") for m in real)
+    # ok.ipynb: from crmlab.report import Report; from crmlab import charts (pandas, matplotlib: not crmlab)
+    assert set(runner.preload_modules(runner.notebook_path("segmentation"))) == {
+        "crmlab.report", "crmlab.report.Report", "crmlab", "crmlab.charts"}
+
+
+def test_the_kernel_starts_while_the_source_is_checked(project, monkeypatch):
+    seen = []
+    real_open = runner._open_source
+
+    def slow_open(spec, mapping):
+        deadline = time.monotonic() + 60
+        while not _descendant_kernels() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen.append(len(_descendant_kernels()))
+        return real_open(spec, mapping)
+
+    monkeypatch.setattr(runner, "_open_source", slow_open)
+    r = run_report("segmentation", source=str(project.source))
+    assert r.status == "success", r.message
+    assert seen == [1], "one kernel was up before the source check finished"
+    assert _descendant_kernels() == [], "no kernel is left behind"
+    page = (r.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "Active customers" in page
+
+
+def test_a_refused_source_stops_the_kernel_started_ahead(project, monkeypatch):
+    def refuse(spec, mapping):
+        deadline = time.monotonic() + 60
+        while not _descendant_kernels() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise runner.DataContractError("source does not meet the data contract: table orders")
+
+    monkeypatch.setattr(runner, "_open_source", refuse)
+    r = run_report("segmentation", source=str(project.source))
+    assert (r.status, r.exit_code, r.run_dir) == ("bad_input", 2, None)
+    assert _descendant_kernels() == [] and run_dirs(project.reports, "segmentation") == []
+    assert locks.holder("segmentation") is None
+
+
+def test_pages_reuse_one_exporter_per_audience(history):
+    assert runner._html_exporter("stakeholder") is runner._html_exporter("stakeholder")
+    assert runner._html_exporter("analyst") is not runner._html_exporter("stakeholder")
+    out = history.reports / "again.html"
+    nb = history.second.run_dir / "notebook.ipynb"
+    runner.render_html(nb, out, report="segmentation", run_id=history.second.run_id)
+    again = out.read_text(encoding="utf-8")
+    assert again == (history.second.run_dir / "report.html").read_text(encoding="utf-8")

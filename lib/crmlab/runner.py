@@ -101,6 +101,9 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 EVENTS_FILE = "events.jsonl"
 KILL_GRACE_S = 3.0
 PROBE_TIMEOUT_S = 5.0  # how long a network source's server may take to accept a connection
+# developer switch: set (to anything) and each run's kernel is profiled with pyinstrument,
+# from its start (the notebook's imports included) to the last cell: <run_dir>/profile.txt
+PROFILE_ENV = "CRMLAB_PROFILE"
 
 
 @dataclass
@@ -231,16 +234,70 @@ def known_parameters(report: str) -> dict[str, dict]:
     >>> known_parameters("segmentation")["as_of"]          # doctest: +SKIP
     {'type': 'str', 'default': '', 'help': 'snapshot date (YYYY-MM-DD); empty = the latest order date'}
     """
-    _skip_slow_imports()
-    import nbformat
-
     path = notebook_path(report)
     if not path.exists():
         raise ParameterError(f"the notebook of report {report} is missing: {path}")
-    nb = nbformat.read(str(path), as_version=4)
-    cell = next((c for c in nb.cells if c.cell_type == "code"
-                 and "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    return parse_parameters_cell(cell.source) if cell is not None else {}
+    cell = next((c for c in _code_cells(path) if "parameters" in c["tags"]), None)
+    return parse_parameters_cell(cell["source"]) if cell is not None else {}
+
+
+def _code_cells(path: Path) -> list[dict]:
+    """The code cells of a notebook file as ``{"source": str, "tags": list}``,
+    read as plain JSON (nbformat 4 stores cells so; importing and validating
+    with nbformat costs a third of a second in every run). Other nbformat
+    versions go through nbformat, which converts them."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"the notebook {Path(path).name} cannot be read: {type(exc).__name__}") from None
+    if not isinstance(doc, dict) or doc.get("nbformat") != 4 or not isinstance(doc.get("cells"), list):
+        _skip_slow_imports()
+        import nbformat
+
+        nb = nbformat.read(str(path), as_version=4)
+        return [{"source": c.source, "tags": list(c.get("metadata", {}).get("tags", []))}
+                for c in nb.cells if c.cell_type == "code"]
+    out = []
+    for cell in doc["cells"]:
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        out.append({"source": "".join(source) if isinstance(source, list) else str(source),
+                    "tags": list((cell.get("metadata") or {}).get("tags", []))})
+    return out
+
+
+def preload_modules(path: Path) -> list[str]:
+    """The crmlab modules a notebook imports at the top level of its code
+    cells (``from crmlab import segmentation``, ``from crmlab.report import
+    Report``): what the kernel imports while the runner checks the source.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> cell = {"cell_type": "code", "metadata": {}, "source": "from crmlab import charts\nimport os"}
+    >>> f = Path(tempfile.mkdtemp()) / "nb.ipynb"
+    >>> _ = f.write_text(json.dumps({"nbformat": 4, "cells": [cell]}))
+    >>> preload_modules(f)
+    ['crmlab', 'crmlab.charts']
+    """
+    out: list[str] = []
+    for cell in _code_cells(path):
+        if "parameters" in cell["tags"]:
+            continue
+        try:
+            tree = ast.parse(cell["source"])
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            out += [n for n in names if n == "crmlab" or n.startswith("crmlab.")]
+    return list(dict.fromkeys(out))
 
 
 def describe_parameters(known: Mapping[str, dict]) -> str:
@@ -464,8 +521,10 @@ def probe_source(spec: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                                 f"({type(exc).__name__})") from None
 
 
-def check_source(spec: str | None, mapping: str | None = None) -> dict:
+def check_source(spec: str | None, mapping: str | None = None, *, probe: bool = True) -> dict:
     """Open the source once and describe it for ``run.json``.
+
+    ``probe=False`` skips :func:`probe_source` (the caller has probed).
 
     Returns
     -------
@@ -487,7 +546,8 @@ def check_source(spec: str | None, mapping: str | None = None) -> dict:
     from crmlab.report import jsonable
 
     spec = spec or config.DEFAULT_SOURCE
-    probe_source(spec)
+    if probe:
+        probe_source(spec)
     info = {"spec": redact_url(spec), "kind": _source_kind(spec), "checked": False}
     try:
         ds = _open_source(spec, mapping)
@@ -633,8 +693,94 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def preload(names: Iterable[str]) -> None:
+    """Import modules, skipping any that fails (run in the kernel before the
+    notebook, by :func:`_child_main`). A module that fails to import is left
+    for the notebook's own import, which then fails in its cell with its
+    traceback."""
+    import importlib
+
+    for name in names:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+# run in the kernel with silent=True: no execution count, no history, no output
+_PRELOAD_CODE = "import crmlab.runner as _crmlab_runner\n_crmlab_runner.preload({names!r})\ndel _crmlab_runner\n"
+_PROFILE_START = ("import pyinstrument as _crmlab_pi\n"
+                  "_crmlab_profiler = _crmlab_pi.Profiler(async_mode='disabled')\n"
+                  "_crmlab_profiler.start()\ndel _crmlab_pi\n")
+_PROFILE_STOP = ("_crmlab_profiler.stop()\n"
+                 "open({path!r}, 'w', encoding='utf-8').write(_crmlab_profiler.output_text(unicode=True, color=False))\n"
+                 "del _crmlab_profiler\n")
+KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]  # what nbclient gives the kernels it starts
+START_TIMEOUT_S = 120.0
+
+
+def _kernel_execute(km, code: str, timeout: float = START_TIMEOUT_S) -> dict:
+    """Run ``code`` silently in the kernel of ``km`` and wait for its reply
+    (a blocking client of its own, closed afterwards)."""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    kc = BlockingKernelClient()
+    kc.load_connection_info(km.get_connection_info())
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=timeout)
+        msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return reply["content"]
+    finally:
+        kc.stop_channels()
+
+
+def _start_kernel(spec: dict):
+    """Launch the notebook's kernel (not yet waiting for it to be ready).
+
+    Returns the ``AsyncKernelManager`` (papermill runs the notebook on it),
+    or None when the kernel could not be launched here: then papermill
+    starts its own and reports what goes wrong."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    km = AsyncKernelManager(kernel_name=spec["kernel_name"])
+    try:
+        run_sync(km.start_kernel)(cwd=spec["cwd"], extra_arguments=list(KERNEL_ARGS))
+    except Exception as exc:  # not started: papermill starts a kernel and reports
+        log.warning("the kernel could not be started ahead of the run (%s: %s)", type(exc).__name__, exc)
+        return None
+    return km
+
+
+def _warm_kernel(km, spec: dict):
+    """Wait for the kernel and import the crmlab modules the notebook
+    imports (``spec["preload"]``), while the runner checks the source.
+    Returns ``km``, or None (the kernel stopped) when it did not answer."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        if spec.get("profile"):
+            _kernel_execute(km, _PROFILE_START)
+        _kernel_execute(km, _PRELOAD_CODE.format(names=list(spec.get("preload") or [])))
+    except Exception as exc:  # papermill starts a kernel of its own and reports
+        log.warning("the kernel started ahead of the run did not answer (%s: %s)", type(exc).__name__, exc)
+        with contextlib.suppress(Exception):
+            run_sync(km.shutdown_kernel)(now=True)
+        return None
+    return km
+
+
 def _child_main(spec_path: str) -> int:
     """Execute one notebook with papermill (the runner's child process).
+
+    With ``spec["wait"]`` the child starts first (:class:`_Child`): it
+    starts the kernel and imports the notebook's crmlab modules, then reads
+    the rest of the spec (``output``, ``parameters``) as one JSON line on
+    its standard input -- or an empty line / end of input when the runner
+    refused the source, and then stops without running anything.
 
     Writes ``{"status": "ok"|"error"|"crash", ...}`` to ``spec["result"]``.
     On SIGTERM it stops its kernel first, so no kernel is left behind.
@@ -657,21 +803,93 @@ def _child_main(spec_path: str) -> int:
     # comments that contain "=" and would only add noise
     logging.getLogger("papermill").setLevel(logging.ERROR)
     _skip_slow_imports()
+    # the kernel boots while papermill is imported
+    km = _start_kernel(spec) if spec.get("wait") else None
+    # papermill imports pyarrow.fs for hdfs:// paths only; this process reads and writes local files
+    sys.modules.setdefault("pyarrow.fs", None)
     import papermill as pm
+    from jupyter_core.utils import run_sync
     from papermill.exceptions import PapermillExecutionError
 
+    if spec.get("wait"):
+        km = _warm_kernel(km, spec) if km is not None else None
+        line = sys.stdin.readline()
+        if not line.strip():  # the runner refused the source: nothing runs
+            if km is not None:
+                run_sync(km.shutdown_kernel)(now=True)
+            return 0
+        spec.update(json.loads(line))
     try:
         pm.execute_notebook(spec["input"], spec["output"], parameters=spec["parameters"],
                             kernel_name=spec["kernel_name"], cwd=spec["cwd"], progress_bar=False,
-                            log_output=False, request_save_on_cell_execute=True, start_timeout=120)
+                            log_output=False, request_save_on_cell_execute=True,
+                            start_timeout=START_TIMEOUT_S, **({"km": km} if km is not None else {}))
         result = {"status": "ok"}
     except PapermillExecutionError as exc:
         result = {"status": "error", "cell_index": exc.cell_index, "execution_count": exc.exec_count,
                   "ename": exc.ename, "evalue": exc.evalue}
     except Exception as exc:  # the kernel died, the notebook is unreadable, ...
         result = {"status": "crash", "ename": type(exc).__name__, "evalue": str(exc)[:2000]}
+    if km is not None and spec.get("profile") and spec["parameters"].get("run_dir"):
+        with contextlib.suppress(Exception):  # a developer's switch, never a reason to fail
+            _kernel_execute(km, _PROFILE_STOP.format(
+                path=str(Path(spec["parameters"]["run_dir"]) / "profile.txt")), timeout=30)
     Path(spec["result"]).write_text(json.dumps(result))
+    if km is not None:
+        # every cell has run and papermill has saved the notebook: the kernel is
+        # stopped at once (a graceful shutdown waits 1-2 s for the interpreter to
+        # tear down the libraries it loaded)
+        with contextlib.suppress(Exception):
+            run_sync(km.shutdown_kernel)(now=True)
     return 0
+
+
+class _Child:
+    """The notebook's process, started before the source is checked.
+
+    ``python -m crmlab.runner --execute SPEC.json`` in a session of its
+    own: it imports papermill, starts the kernel and imports the notebook's
+    crmlab modules while the runner opens and checks the source, then waits
+    for :meth:`go` (the run directory and parameters). :meth:`cancel` stops
+    it when the source is refused. ``tmp`` holds the spec, the private
+    kernelspec, ``result.json`` and ``child.log``.
+    """
+
+    def __init__(self, report: str, rdir: Path, lock_fd: int):
+        self.tmp = Path(tempfile.mkdtemp(prefix="crmlab-run-"))
+        path = notebook_path(report)
+        spec = {"input": str(path), "kernel_name": "python3", "cwd": str(config.notebooks_dir()),
+                "result": str(self.tmp / "result.json"), "parent_pid": os.getpid(), "wait": True,
+                "preload": preload_modules(path), "profile": bool(os.environ.get(PROFILE_ENV))}
+        (self.tmp / "spec.json").write_text(json.dumps(spec, default=str))
+        env = dict(os.environ, JUPYTER_PATH=str(_kernel_home(self.tmp)), CRMLAB_REPORTS_DIR=str(rdir),
+                   PYTHONUNBUFFERED="1")
+        if env.get("CRMLAB_THREADS"):
+            for var in THREAD_VARS:
+                env.setdefault(var, env["CRMLAB_THREADS"])
+        with open(self.tmp / "child.log", "wb") as child_log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "crmlab.runner", "--execute",
+                                          str(self.tmp / "spec.json")],
+                                         env=env, stdin=subprocess.PIPE, stdout=child_log, stderr=child_log,
+                                         start_new_session=True, pass_fds=(lock_fd,))
+
+    def go(self, output: Path, parameters: dict) -> None:
+        """Run the notebook: ``output`` is the executed notebook's path."""
+        line = json.dumps({"output": str(output), "parameters": parameters}, default=str) + "\n"
+        try:
+            self.proc.stdin.write(line.encode("utf-8"))
+            self.proc.stdin.close()
+        except OSError:  # the child is gone; its missing result says so
+            pass
+
+    def cleanup(self) -> None:
+        """Stop the child and its kernel if they still run (a refused source:
+        nothing ran), and remove ``tmp``."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        if self.proc.poll() is None:
+            _kill_tree(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # -- rendering --------------------------------------------------------------
@@ -766,6 +984,46 @@ def banner_html(status: str, error: dict | None) -> str:
     return f"{escape(head)}.{detail}"
 
 
+_RENDER_LOCK = threading.Lock()  # one exporter per audience, one page at a time
+
+
+@functools.lru_cache(maxsize=2)
+def _html_exporter(audience: str):
+    """The nbconvert exporter of the ``crmlab`` template for an audience,
+    made once per process: its Jinja environment keeps the compiled
+    templates, so a second page is not read and compiled again."""
+    _skip_slow_imports()
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="crmlab", extra_template_basedirs=[str(TEMPLATES_DIR)],
+                        exclude_input=audience == "stakeholder", exclude_input_prompt=True,
+                        exclude_output_prompt=True, exclude_anchor_links=True, embed_images=True)
+
+
+def _warm_renderer(audience: str) -> threading.Thread:
+    """Import nbconvert and compile the page's templates in a thread while
+    the notebook runs in the child (the runner only waits then): about
+    half a second less between the last cell and ``report.html``."""
+    def warm():
+        with contextlib.suppress(Exception):  # only a head start: render_html does the same again
+            _skip_slow_imports()
+            import nbformat
+
+            nb = nbformat.v4.new_notebook(cells=[
+                nbformat.v4.new_markdown_cell("warm-up"),
+                nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output(
+                    "display_data", data={"text/html": "<p>warm-up</p>"})])])
+            resources = {"metadata": {"name": "warm-up"},
+                         "crmlab": {"title": "warm-up", "audience": audience, "status": "success",
+                                    "banner": "", "index_href": "", "run_id": ""}}
+            with _RENDER_LOCK:
+                _html_exporter(audience).from_notebook_node(nb, resources=resources)
+
+    thread = threading.Thread(target=warm, name="crmlab-warm-renderer", daemon=True)
+    thread.start()
+    return thread
+
+
 def render_html(notebook, out_path, *, report: str, audience: str = "stakeholder",
                 status: str = "success", error: dict | None = None, index_href: str = "../../index.html",
                 run_id: str | None = None) -> Path:
@@ -786,7 +1044,6 @@ def render_html(notebook, out_path, *, report: str, audience: str = "stakeholder
     """
     _skip_slow_imports()
     import nbformat
-    from nbconvert import HTMLExporter
 
     from crmlab.privacy import escape
     from crmlab.report import STATUS_MARKER, report_title
@@ -804,14 +1061,12 @@ def render_html(notebook, out_path, *, report: str, audience: str = "stakeholder
     title = report_title(report)
     if status != "success":
         title += f" ({status.replace('_', ' ')})"
-    exporter = HTMLExporter(template_name="crmlab", extra_template_basedirs=[str(TEMPLATES_DIR)],
-                            exclude_input=audience == "stakeholder", exclude_input_prompt=True,
-                            exclude_output_prompt=True, exclude_anchor_links=True, embed_images=True)
     resources = {"metadata": {"name": title},
                  "crmlab": {"title": f"{title} · crmlab", "audience": audience, "status": status,
                             "banner": banner_html(status, error), "index_href": index_href,
                             "run_id": run_id or ""}}
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    with _RENDER_LOCK:
+        body, _ = _html_exporter(audience).from_notebook_node(nb, resources=resources)
     pill = f'<span class="crm-pill {escape(status)}">{escape(status.replace("_", " "))}</span>'
     body = body.replace(STATUS_MARKER, pill)
     out_path = Path(out_path)
@@ -1162,26 +1417,41 @@ def run_report(report: str, *, source: str | None = None, mapping: str | None = 
     run_id = new_run_id()
     try:
         with report_lock(report, rdir, run_id=run_id) as lock:
+            child = None
             try:
                 t0 = time.monotonic()
-                source_info = check_source(values.get("source"), values.get("mapping"))
+                spec = values.get("source") or config.DEFAULT_SOURCE
+                probe_source(spec)
+                # the kernel starts and imports while the source is checked
+                child = _Child(report, rdir, lock.fd)
+                source_info = check_source(spec, values.get("mapping"), probe=False)
                 source_info["check_s"] = round(time.monotonic() - t0, 3)
-            except DataContractError as exc:
-                return _refused(report, rdir, "bad_input", str(exc), trigger, start, values)
-            except NoDataError as exc:
-                return _refused(report, rdir, "no_data", str(exc), trigger, start, values)
-            except SourceUnavailable as exc:  # may pass: the scheduler retries it
+            except (DataContractError, NoDataError, SourceUnavailable) as exc:
+                if child is not None:
+                    child.cleanup()
+                if isinstance(exc, DataContractError):
+                    return _refused(report, rdir, "bad_input", str(exc), trigger, start, values)
+                if isinstance(exc, NoDataError):
+                    return _refused(report, rdir, "no_data", str(exc), trigger, start, values)
+                # may pass: the scheduler retries it
                 return _refused(report, rdir, "failed", str(exc), trigger, start, values,
                                 error={"ename": "SourceUnavailable", "evalue": str(exc)})
-            return _execute(report, run_id, rdir, values, source_info, audience=audience,
-                            timeout=timeout, trigger=trigger, publish=publish, lock_fd=lock.fd, start=start,
-                            gate=gate_rules)
+            except BaseException:
+                if child is not None:
+                    child.cleanup()
+                raise
+            try:
+                return _execute(report, run_id, rdir, values, source_info, audience=audience,
+                                timeout=timeout, trigger=trigger, publish=publish, start=start,
+                                gate=gate_rules, child=child)
+            finally:
+                child.cleanup()
     except RunLocked as exc:
         return _refused(report, rdir, "skipped", str(exc), trigger, start, values)
 
 
 def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, trigger, publish,
-             lock_fd, start, gate=()) -> RunResult:
+             start, child: _Child, gate=()) -> RunResult:
     from crmlab.privacy import scrub_text
     from crmlab.report import read_json, write_json
 
@@ -1203,69 +1473,57 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
 
     status, error, exit_code = "failed", None, config.EXIT_FAILED
     t_exec = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="crmlab-run-") as tmp:
-        tmp = Path(tmp)
-        spec = {"input": str(notebook_path(report)), "output": str(run_dir / "notebook.ipynb"),
-                "parameters": values, "kernel_name": "python3", "cwd": str(config.notebooks_dir()),
-                "result": str(tmp / "result.json"), "parent_pid": os.getpid()}
-        (tmp / "spec.json").write_text(json.dumps(spec, default=str))
-        env = dict(os.environ, JUPYTER_PATH=str(_kernel_home(tmp)), CRMLAB_REPORTS_DIR=str(rdir),
-                   PYTHONUNBUFFERED="1")
-        if env.get("CRMLAB_THREADS"):
-            for var in THREAD_VARS:
-                env.setdefault(var, env["CRMLAB_THREADS"])
-        child_log = open(tmp / "child.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "crmlab.runner", "--execute", str(tmp / "spec.json")],
-                                env=env, stdin=subprocess.DEVNULL, stdout=child_log, stderr=child_log,
-                                start_new_session=True, pass_fds=(lock_fd,))
-        child_log.close()
-        in_main = threading.current_thread() is threading.main_thread()
-        previous_handlers = {}
-        received: list[int] = []
-        child_state = None  # ok | error | crash | missing (no result written)
+    tmp = child.tmp
+    child.go(run_dir / "notebook.ipynb", values)
+    proc = child.proc
+    renderer = _warm_renderer(audience)  # nbconvert loads while the notebook runs
+    in_main = threading.current_thread() is threading.main_thread()
+    previous_handlers = {}
+    received: list[int] = []
+    child_state = None  # ok | error | crash | missing (no result written)
 
-        def on_signal(signum, frame):
-            if received:  # already stopping: a second signal must not break the clean-up
-                return
-            received.append(signum)
-            raise _Interrupted(signum)
+    def on_signal(signum, frame):
+        if received:  # already stopping: a second signal must not break the clean-up
+            return
+        received.append(signum)
+        raise _Interrupted(signum)
 
-        if in_main:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous_handlers[sig] = signal.signal(sig, on_signal)
+    if in_main:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[sig] = signal.signal(sig, on_signal)
+    try:
         try:
-            try:
-                proc.wait(timeout=timeout)
-                result = read_json(tmp / "result.json", None)
-                child_state = result["status"] if result else "missing"
-                if result is None:
-                    error = {"ename": "ChildExited", "evalue": f"the notebook process ended with code "
-                                                              f"{proc.returncode} before it finished"}
-                elif result["status"] == "ok":
-                    status, exit_code = "success", config.EXIT_OK
-                else:
-                    error = {"ename": result.get("ename"), "evalue": result.get("evalue")}
-                    if result["status"] == "error":
-                        status = ENAME_STATUS.get(result.get("ename"), "failed")
-                        exit_code = STATUS_EXIT[status]
-            except subprocess.TimeoutExpired:
-                _kill_tree(proc)
-                status, exit_code = "timeout", config.EXIT_TIMEOUT
-                error = {"ename": "RunTimeout", "evalue": f"stopped after the time limit of {timeout:g} s"}
-            except _Interrupted as exc:
-                _kill_tree(proc)
-                status, exit_code = "interrupted", 128 + exc.signum
-                error = {"ename": "Interrupted",
-                         "evalue": f"stopped by signal {signal.Signals(exc.signum).name}"}
-        except _Interrupted:  # arrived while a timed-out child was being stopped; handled below
+            proc.wait(timeout=timeout)
+            result = read_json(tmp / "result.json", None)
+            child_state = result["status"] if result else "missing"
+            if result is None:
+                error = {"ename": "ChildExited", "evalue": f"the notebook process ended with code "
+                                                          f"{proc.returncode} before it finished"}
+            elif result["status"] == "ok":
+                status, exit_code = "success", config.EXIT_OK
+            else:
+                error = {"ename": result.get("ename"), "evalue": result.get("evalue")}
+                if result["status"] == "error":
+                    status = ENAME_STATUS.get(result.get("ename"), "failed")
+                    exit_code = STATUS_EXIT[status]
+        except subprocess.TimeoutExpired:
             _kill_tree(proc)
-        finally:
-            if proc.poll() is None:
-                _kill_tree(proc)
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            if child_state in ("missing", "crash"):
-                _log_tail(tmp / "child.log", report)  # the child's own words, when no cell error explains
+            status, exit_code = "timeout", config.EXIT_TIMEOUT
+            error = {"ename": "RunTimeout", "evalue": f"stopped after the time limit of {timeout:g} s"}
+        except _Interrupted as exc:
+            _kill_tree(proc)
+            status, exit_code = "interrupted", 128 + exc.signum
+            error = {"ename": "Interrupted",
+                     "evalue": f"stopped by signal {signal.Signals(exc.signum).name}"}
+    except _Interrupted:  # arrived while a timed-out child was being stopped; handled below
+        _kill_tree(proc)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        if child_state in ("missing", "crash"):
+            _log_tail(tmp / "child.log", report)  # the child's own words, when no cell error explains
     execute_s = round(time.monotonic() - t_exec, 3)
     if received and status != "interrupted":  # the signal came while the child was being stopped
         status, exit_code = "interrupted", 128 + received[0]
@@ -1301,6 +1559,7 @@ def _execute(report, run_id, rdir, values, source_info, *, audience, timeout, tr
     if not (run_dir / "metrics.json").exists():
         write_json(run_dir / "metrics.json", {})
 
+    renderer.join()
     t_render = time.monotonic()
     try:
         render_html(nb_path if nb_path.exists() else None, run_dir / "report.html", report=report,

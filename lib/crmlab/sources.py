@@ -45,6 +45,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import json
@@ -100,6 +101,9 @@ TABLE_KEYS: dict[str, str] = {
     "timezone": MAPPING_KEYS["timezone"],
 }
 _INHERITED = ("encoding", "delimiter", "decimal", "dayfirst", "timezone")
+#: Tables of at most this many rows are typed once into a DuckDB temp table
+#: on first use (:meth:`Dataset.table`); bigger ones stay views over the source.
+CACHE_TYPED_ROWS = 200_000
 LIMIT_KEYS = ("min", "max", "future_days")
 
 #: strptime codes a date format may use (the same on every engine).
@@ -829,6 +833,19 @@ def _normalise_name(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
+@functools.lru_cache(maxsize=1)
+def _code_key() -> str:
+    """The version of the code that types and checks a source (this module
+    and the schema, by size and modification time): part of the caches'
+    keys, so a changed check is never answered from an older cache."""
+    parts = []
+    for module in (__file__, schema.__file__):
+        with contextlib.suppress(OSError):
+            st = os.stat(module)
+            parts.append(f"{Path(module).name}:{st.st_size}:{st.st_mtime_ns}")
+    return ",".join(parts)
+
+
 def _local_now(zone: str | None) -> dt.datetime:
     tz = zoneinfo.ZoneInfo(zone) if zone else None
     return dt.datetime.now(tz).replace(tzinfo=None, microsecond=0)
@@ -959,7 +976,13 @@ class Dataset:
                 rows = ibis.memtable(pd.DataFrame({"_row": sorted(set(bad["row"]))},
                                                   dtype="int64"))
                 typed = typed.anti_join(rows, "_row")
-            self._typed[name] = typed.drop("_row")
+            typed = typed.drop("_row")
+            if self._engine == "duckdb" and self.count(name) <= CACHE_TYPED_ROWS:
+                # a small table is typed once into a DuckDB temp table: each later
+                # query reads it instead of parsing every date and number again,
+                # and compiles a short SELECT instead of the whole typing chain
+                typed = typed.cache()
+            self._typed[name] = typed
         return self._typed[name]
 
     def to_pandas(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
@@ -1163,8 +1186,42 @@ class Dataset:
         if not self._files:
             return None
         where = str(sorted({str(f.resolve().parent) for f in self._files}))
-        key = hashlib.sha256(f"{self.fingerprint}|{where}|{name}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{self.fingerprint}|{where}|{_code_key()}|{name}".encode()).hexdigest()[:24]
         return config.data_dir() / "_cache" / "quarantine" / f"{key}.parquet"
+
+    def _open_cache(self) -> Path | None:
+        """Where a file source's settled id types and passed contract check
+        are cached, keyed like the quarantine (fingerprint, directory, the
+        code that checks): the runner's contract check opens the source
+        first, and the notebook's own :func:`open_source` then reads the
+        verdict instead of typing and checking every table again. Only a
+        source that passed is cached; a broken one is checked every time."""
+        if not self._files:
+            return None
+        where = str(sorted({str(f.resolve().parent) for f in self._files}))
+        key = hashlib.sha256(f"{self.fingerprint}|{where}|{_code_key()}|open".encode()).hexdigest()[:24]
+        return config.data_dir() / "_cache" / "open" / f"{key}.json"
+
+    def _settle_and_check(self) -> None:
+        """:meth:`_settle_id_types` and :meth:`_check_contract`, or their
+        cached outcome for a file source already opened with this code."""
+        cached = self._open_cache()
+        if cached is not None and cached.is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                doc = json.loads(cached.read_text(encoding="utf-8"))
+                id_types = {str(k): str(v) for k, v in doc["id_types"].items()}
+                points = {(str(t), str(c)) for t, c in doc["id_points"]}
+                self.id_types, self._id_points = id_types, points
+                return
+        self._settle_id_types()
+        self._check_contract()
+        if cached is not None:
+            with contextlib.suppress(OSError):   # a cache, never a reason to fail
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"id_types": self.id_types,
+                                           "id_points": sorted(self._id_points)}), encoding="utf-8")
+                os.replace(tmp, cached)
 
     def _keys_unique(self, name: str, key: list[str]) -> bool:
         """DuckDB, one integer key: True when a bitmap over the key's range
@@ -1257,6 +1314,12 @@ class Dataset:
     def close(self) -> None:
         """Release the engine connection (CSV tables loaded into memory go
         with it)."""
+        # the temp tables of small typed tables go first, while the connection is
+        # open (else ibis tries when they are collected, on a closed connection)
+        for typed in self._typed.values():
+            if isinstance(typed, ir.CachedTable):
+                with contextlib.suppress(Exception):
+                    typed.release()
         with contextlib.suppress(Exception):
             self.backend.disconnect()
 
@@ -1296,10 +1359,22 @@ class Dataset:
             _point=t.re_search(_POINT_ZERO_RE).max()).to_pyarrow().to_pylist()[0]
         return got["_ok"] in (True, None), bool(got["_point"])
 
+    def _types_as_contract(self, table: str, typed: ir.Table) -> bool:
+        """True when a typed table has every required column and each column
+        has exactly its contract dtype: then pandera's presence and type
+        check (not strict, nullable, no row checks) passes, and it is not
+        run (importing pandera and validating cost about a second per open).
+        Anything else goes to pandera, which words the failures."""
+        contract = schema.TABLES[table]
+        if any(c not in typed.columns for c in contract.required_columns):
+            return False
+        return all(typed[c].type() == schema.ibis_dtype(table, c, self.id_types.get(c, "int64"))
+                   for c in typed.columns)
+
     def _check_contract(self) -> None:
         """Presence and types of every table and column, all failures at
-        once (pandera, ``lazy=True``); raises DataContractError."""
-        import pandera.errors as pe
+        once (pandera, ``lazy=True``, for the tables a plain dtype
+        comparison does not clear); raises DataContractError."""
 
         failures: list[tuple[str, str | None, str]] = []
         if "orders" not in self._raw:
@@ -1329,6 +1404,10 @@ class Dataset:
                 continue
             w = self.work(t)
             typed = w.expr.select(*[c for c in w.columns if c in ok_cols])
+            if self._types_as_contract(t, typed):
+                continue   # what pandera would find: every required column, every type as the contract's
+            import pandera.errors as pe
+
             sch = schema.pandera_schema(t, backend="ibis", id_types=self.id_types)
             try:
                 sch.validate(typed, lazy=True)
@@ -1724,8 +1803,7 @@ def open_source(spec: str | None = None, mapping: str | os.PathLike | dict | Non
                  notes=notes)
     ds._unnumbered = unnumbered
     try:
-        ds._settle_id_types()
-        ds._check_contract()
+        ds._settle_and_check()
     except Exception:
         ds.close()
         raise
