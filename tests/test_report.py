@@ -298,3 +298,24 @@ def test_sparkline_shape():
     ys = [float(p.split(",")[1]) for p in points]
     assert ys[1] == min(ys), "the highest value is drawn highest (smallest y)"
     assert "polyline" not in charts.sparkline([5])
+
+
+def test_save_writes_a_file_only_when_its_text_changed(tmp_path, monkeypatch):
+    # every metric rewrites metrics.json (a run that fails half-way keeps its figures);
+    # kpis.json is rewritten only when a KPI changed
+    written = []
+    real = report.write_json
+    monkeypatch.setattr(report, "write_json", lambda path, obj, **kw: written.append(Path(path).name)
+                        or real(path, obj, **kw))
+    rep = Report("segmentation", run_dir=tmp_path / "run")
+    rep.metric("customers", 1234, label="Customers", kpi=True)
+    rep.metric("share", 0.25)
+    rep.metric("orders", 99)
+    rep.metric("orders", 99)
+    rep.save()
+    assert written == ["metrics.json", "kpis.json", "metrics.json", "metrics.json"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"customers": 1234, "share": 0.25,
+                                                                          "orders": 99}
+    (tmp_path / "run" / "kpis.json").unlink()  # gone from disk: written again
+    rep.save()
+    assert written[-1] == "kpis.json" and json.loads((tmp_path / "run" / "kpis.json").read_text())[0]["value"] == 1234

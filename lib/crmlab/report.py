@@ -125,15 +125,21 @@ def jsonable(value):
     return str(value)
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
+def json_text(obj) -> str:
+    """The text :func:`write_json` writes for ``obj`` (JSON-safe, indented)."""
+    return json.dumps(jsonable(obj), indent=2, ensure_ascii=False)
+
+
+def write_json(path: str | os.PathLike, obj, *, text: str | None = None) -> Path:
     """Write JSON atomically (a temp file in the same directory, then
-    ``os.replace``): a reader never sees half a file."""
+    ``os.replace``): a reader never sees half a file. ``text`` is
+    :func:`json_text` of ``obj`` when the caller has it already."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(jsonable(obj), f, indent=2, ensure_ascii=False)
+            f.write(json_text(obj) if text is None else text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -363,6 +369,7 @@ class Report:
         self.metrics: dict = {}
         self.kpis: list[dict] = []
         self.findings: list[str] = []
+        self._saved: dict[str, str] = {}  # file name -> the text last written (save)
         self.source_info: dict = {"spec": self.params.get("source")}
         self.as_of = self.params.get("as_of") or None
         from crmlab import charts
@@ -593,9 +600,14 @@ class Report:
         return path
 
     def save(self) -> None:
-        """Write ``metrics.json`` and ``kpis.json`` (atomically, JSON-safe)."""
-        write_json(self.run_dir / "metrics.json", self.metrics)
-        write_json(self.run_dir / "kpis.json", self.kpis)
+        """Write ``metrics.json`` and ``kpis.json`` (atomically, JSON-safe);
+        a file whose text has not changed since this report last wrote it is
+        not written again (a metric that is no KPI leaves ``kpis.json``)."""
+        for name, obj in (("metrics.json", self.metrics), ("kpis.json", self.kpis)):
+            path, text = self.run_dir / name, json_text(obj)
+            if self._saved.get(name) != text or not path.exists():
+                write_json(path, obj, text=text)
+                self._saved[name] = text
 
     def rerun_command(self) -> str:
         """The ``crmlab run`` command that reproduces this page."""

@@ -9,11 +9,22 @@
 2. the lock: one run per report at a time (:mod:`crmlab.locks`); a second
    run exits 5 at once, recorded in ``reports/<report>/events.jsonl``.
 3. the source is opened once to check the data contract: a broken contract
-   exits 2, no orders exits 3, before a run directory exists.
-4. execution: papermill runs in a child process in its own session, writing
-   ``notebook.ipynb`` into the run directory as cells complete. A time limit
-   or a SIGTERM/SIGINT to the runner stops the child and its kernel together.
-5. ``report.html`` is rendered with nbconvert (template ``crmlab``: no code,
+   exits 2, no orders exits 3, before a run directory exists. Meanwhile the
+   child process (4) has started: it launches the kernel and imports the
+   crmlab modules the notebook imports (:func:`preload_modules`), so kernel
+   start and imports overlap the check; a refused source stops it. A file
+   source's check leaves its verdict (id types, contract passed) and its
+   quarantine in a cache keyed by the source's fingerprint, which the
+   notebook's own ``open_source`` reads instead of checking again.
+4. execution: papermill runs in the child process in its own session, on the
+   kernel started in 3, writing ``notebook.ipynb`` into the run directory as
+   cells complete; after the last cell the kernel is stopped at once. A time
+   limit (counted from here) or a SIGTERM/SIGINT to the runner stops the
+   child and its kernel together. ``CRMLAB_PROFILE=1`` (a developer's
+   switch) profiles the kernel with pyinstrument from its start to the last
+   cell and writes ``profile.txt`` into the run directory.
+5. ``report.html`` is rendered with nbconvert (loaded and warmed up in a
+   thread while the notebook runs; template ``crmlab``: no code,
    no parameter cells, no stderr, the ``summary`` cells moved up under the
    ``header`` cell, everything inline) -- for a failed run too, with a banner
    naming the failing cell.
