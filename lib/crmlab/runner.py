@@ -279,7 +279,7 @@ def _code_cells(path: Path) -> list[dict]:
 
 
 def preload_modules(path: Path) -> list[str]:
-    """The crmlab modules a notebook imports at the top level of its code
+    r"""The crmlab modules a notebook imports at the top level of its code
     cells (``from crmlab import segmentation``, ``from crmlab.report import
     Report``): what the kernel imports while the runner checks the source.
 
