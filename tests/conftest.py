@@ -136,6 +136,26 @@ STATUS_ORDERS = pd.DataFrame({
 })
 
 
+def small_export(n_cust: int, n_orders: int, seed: int, channels=("app", "web", "store")):
+    """A small foreign export's orders (status, channel) and customers (name,
+    region), as text a CSV file would hold; every customer orders at least
+    once, every fifth order is refunded. Returns the tables and the random
+    generator, so a caller can draw more tables (campaigns) from the same seed."""
+    rng = np.random.default_rng(seed)
+    ids = np.r_[np.arange(1, n_cust + 1), rng.integers(1, n_cust + 1, n_orders - n_cust)]
+    orders = pd.DataFrame({
+        "order_id": np.arange(1, n_orders + 1), "customer_id": ids,
+        "order_date": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 360, n_orders), unit="D"))
+        .strftime("%Y-%m-%d"),
+        "amount": np.round(rng.lognormal(4, 0.5, n_orders), 2),
+        "status": np.where(np.arange(n_orders) % 5 == 0, "refunded", "paid"),
+        "channel": rng.choice(list(channels), n_orders)})
+    customers = pd.DataFrame({"customer_id": np.arange(1, n_cust + 1),
+                              "name": [f"Person {i}" for i in range(1, n_cust + 1)],
+                              "region": rng.choice(["East", "West"], n_cust)})
+    return {"orders": orders, "customers": customers}, rng
+
+
 def write_parquet_dir(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import STATUS_ORDERS
+from conftest import STATUS_ORDERS, small_export
 from crmlab import campaigns as cp
 from crmlab.exceptions import DataContractError, ParameterError
 
@@ -786,19 +786,8 @@ def test_sample_contacts_keeps_the_same_customers_per_campaign():
 def _shape_tables(n_cust: int = 40, seed: int = 5) -> dict[str, pd.DataFrame]:
     """A small export as CSV files: orders, customers, two campaigns with
     a treatment and a control half each."""
-    rng = np.random.default_rng(seed)
-    n_orders = 4 * n_cust
-    ids = np.r_[np.arange(1, n_cust + 1), rng.integers(1, n_cust + 1, n_orders - n_cust)]
-    orders = pd.DataFrame({
-        "order_id": np.arange(1, n_orders + 1), "customer_id": ids,
-        "order_date": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 360, n_orders), unit="D"))
-        .strftime("%Y-%m-%d"),
-        "amount": np.round(rng.lognormal(4, 0.5, n_orders), 2),
-        "status": np.where(np.arange(n_orders) % 5 == 0, "refunded", "paid"),
-        "channel": rng.choice(["app", "web"], n_orders)})
-    customers = pd.DataFrame({"customer_id": np.arange(1, n_cust + 1),
-                              "name": [f"Person {i}" for i in range(1, n_cust + 1)],
-                              "region": rng.choice(["East", "West"], n_cust)})
+    export, rng = small_export(n_cust, 4 * n_cust, seed, channels=("app", "web"))
+    orders, customers = export["orders"], export["customers"]
     campaigns = pd.DataFrame({"campaign_id": ["C1", "C2"], "name": ["Spring", "Autumn"],
                               "channel": ["email", "sms"], "start_date": ["2024-04-01", "2024-09-01"],
                               "end_date": ["2024-04-14", "2024-09-14"], "cost": [100.0, 50.0]})

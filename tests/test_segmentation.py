@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import STATUS_ORDERS
+from conftest import STATUS_ORDERS, small_export
 from crmlab import segmentation as seg
 from crmlab.exceptions import NoDataError, ParameterError
 
@@ -854,19 +854,7 @@ def test_charts_show_what_they_say(world_clustered):
 
 def _shape_tables(n_cust: int = 12, n_orders: int = 40, seed: int = 3) -> dict[str, pd.DataFrame]:
     """A small export as CSV files: orders (status, channel) and customers (name, region)."""
-    rng = np.random.default_rng(seed)
-    ids = np.r_[np.arange(1, n_cust + 1), rng.integers(1, n_cust + 1, n_orders - n_cust)]
-    orders = pd.DataFrame({
-        "order_id": np.arange(1, n_orders + 1), "customer_id": ids,
-        "order_date": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 360, n_orders), unit="D"))
-        .strftime("%Y-%m-%d"),
-        "amount": np.round(rng.lognormal(4, 0.5, n_orders), 2),
-        "status": np.where(np.arange(n_orders) % 5 == 0, "refunded", "paid"),
-        "channel": rng.choice(["app", "web", "store"], n_orders)})
-    customers = pd.DataFrame({"customer_id": np.arange(1, n_cust + 1),
-                              "name": [f"Person {i}" for i in range(1, n_cust + 1)],
-                              "region": rng.choice(["East", "West"], n_cust)})
-    return {"orders": orders, "customers": customers}
+    return small_export(n_cust, n_orders, seed)[0]
 
 
 def _shape(name: str) -> dict[str, pd.DataFrame]:
