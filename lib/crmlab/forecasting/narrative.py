@@ -547,8 +547,8 @@ def explain(res, section: str, *, price: dict | None = None, elasticity=None,
                 f"from {src}. ")
         tail = "Plan stock and staff on the line and keep the top of the 80% band as the busy case."
         if not (_known(c80) and _known(c95)):
-            return head + (f"The past dates tested could not show how often the bands held, so treat "
-                           f"them as a rough guide. ") + tail
+            return head + ("The past dates tested could not show how often the bands held, so treat "
+                           "them as a rough guide. ") + tail
         cal = ("about right" if 0.72 <= c80 <= 0.88 else
                "too narrow: treat them as optimistic" if c80 < 0.72 else
                "wider than needed: treat them as cautious")
